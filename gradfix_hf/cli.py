@@ -1,0 +1,194 @@
+"""The ``gradfix`` command: run a recipe, compute votes, inspect votes files and outputs, run the quickstart."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import GradFixError
+from .version import __version__
+
+EPILOG = "Recipes are YAML files; see recipes/ and docs/recipes.md. Paper: https://arxiv.org/abs/2510.09658"
+
+
+def _add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin) weights, loaded with torch.load(weights_only=True)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradfix", epilog=EPILOG,
+        description="GradFix: transport a fine-tuning's task vector onto a new pre-trained model "
+                    "with gradient-sign masks computed from a few labelled samples.")
+    parser.add_argument("--version", action="version", version=f"gradfix_hf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe: votes, mask, streaming merge, output folder",
+                         description="Run a recipe end to end and write the transported model folder.")
+    _add_recipe_overrides(run)
+    run.add_argument("-o", "--output", help="output folder (default: the recipe's output.path)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the recipe, models and data without computing anything or writing")
+    run.add_argument("--votes", help="use this votes file instead of computing votes")
+    run.add_argument("--alpha", type=float, help="override method.alpha")
+    run.add_argument("--mask", help="override method.mask (gradfix, mean, oracle, naive)")
+    run.add_argument("--force", action="store_true", help="allow alpha outside (0, 1]")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    votes = sub.add_parser("votes", help="compute the votes file of a recipe (stage 1 only)",
+                           description="Compute per-sample gradient-sign votes on the target and write them.")
+    _add_recipe_overrides(votes)
+    votes.add_argument("-o", "--output", required=True, help="votes file to write (.safetensors)")
+    votes.add_argument("--overwrite", action="store_true", help="replace an existing votes file")
+
+    inspect = sub.add_parser("inspect", help="summarise a votes file or an output folder",
+                             description="Print the metadata and statistics of a votes file or output folder.")
+    inspect.add_argument("path", help="a votes .safetensors file or a gradfix output folder")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--top", type=int, default=10, help="tensors to list (default 10)")
+
+    quick = sub.add_parser("quickstart", help="build the tiny embedded models and data, then run the quickstart",
+                           description="Build a tiny source/fine-tune/target trio and a toy task offline, run "
+                                       "the quickstart recipe and print held-out scores.")
+    quick.add_argument("--workdir", default="gradfix-quickstart", help="folder for models, data and output")
+    quick.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _load_recipe(args: argparse.Namespace):
+    from .recipe import Recipe
+
+    recipe = Recipe.from_yaml(args.recipe)
+    changes = {}
+    if getattr(args, "allow_pickle", False):
+        changes["allow_pickle"] = True
+    method_changes = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
+                      if v is not None}
+    if getattr(args, "force", False):
+        method_changes["force"] = True
+    if method_changes:
+        from .recipe import MethodConfig
+
+        changes["method"] = MethodConfig(**{**dataclasses.asdict(recipe.method), **method_changes})
+    return recipe.replace(**changes) if changes else recipe
+
+
+def format_evaluation(evaluation: Optional[dict]) -> str:
+    if not evaluation:
+        return ""
+    lines = [f"held-out {evaluation['metric']} on {evaluation['split']} ({evaluation['n_samples']} samples):"]
+    for row in evaluation["rows"]:
+        alpha = "" if row["alpha"] is None else f"α={row['alpha']:g}"
+        lines.append(f"  {row['model']:<28} {alpha:<8} {row['score']:.4f}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .transport import run_recipe
+
+    recipe = _load_recipe(args)
+    result = run_recipe(recipe, args.output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
+                        progress=not args.no_progress)
+    if args.dry_run:
+        print(json.dumps(result, indent=2, default=str))
+        print("dry run: recipe, models and data are valid; nothing was computed or written.")
+        return 0
+    totals = result.report["totals"]
+    print(format_evaluation(result.evaluation))
+    print(f"kept {totals['kept_fraction']:.4f} of τ_A over {totals['transported_coordinates']} coordinates")
+    print(f"wrote {result.output_dir}")
+    return 0
+
+
+def _cmd_votes(args: argparse.Namespace) -> int:
+    from .transport import compute_recipe_votes, prepare
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise GradFixError(f"{output} already exists (use --overwrite).")
+    recipe = _load_recipe(args)
+    votes = compute_recipe_votes(prepare(recipe), progress=not args.no_progress)
+    votes.save(output)
+    print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors, "
+          f"aggregation={votes.metadata['aggregation']}, target={votes.metadata['target']}")
+    return 0
+
+
+def inspect_path(path: Path, top: int = 10) -> dict:
+    """A summary of a votes file or an output folder (what ``gradfix inspect`` prints)."""
+    from .output_folder import read_report
+    from .votes import VotesFile
+
+    if path.is_dir():
+        report = read_report(path)
+        worst = sorted(report["per_tensor"].items(), key=lambda kv: kv[1]["kept_fraction"])[:top]
+        return {"kind": "output", "path": str(path), "method": report["method"], "totals": report["totals"],
+                "votes": report["votes"], "evaluation": report["evaluation"], "tensors": report["tensors"],
+                "lowest_kept_fraction": {k: v["kept_fraction"] for k, v in worst}}
+    votes = VotesFile.load(path)
+    stats = {name: votes.statistics(name) for name in votes.votes}
+    numel = {name: v.numel() for name, v in votes.votes.items()}
+    total = max(sum(numel.values()), 1)
+    overall = {key: sum(stats[n][key] * numel[n] for n in stats) / total
+               for key in ("positive", "negative", "tie", "no_evidence")}
+    ordered = sorted(stats.items(), key=lambda kv: -kv[1]["no_evidence"])[:top]
+    return {"kind": "votes", "path": str(path), "metadata": votes.metadata, "tensors": len(votes.votes),
+            "coordinates": total, "overall": overall, "dtype": str(next(iter(votes.votes.values())).dtype),
+            "most_no_evidence": dict(ordered)}
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise GradFixError(f"{path}: no such file or folder.")
+    summary = inspect_path(path, args.top)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    if summary["kind"] == "votes":
+        meta = summary["metadata"]
+        print(f"votes file {path}")
+        for key in ("n_samples", "aggregation", "objective", "target", "target_revision", "data_source",
+                    "data_fingerprint", "library_version"):
+            print(f"  {key:<17} {meta.get(key, '')}")
+        print(f"  {'tensors':<17} {summary['tensors']} ({summary['coordinates']} coordinates, {summary['dtype']})")
+        print("  votes            " + ", ".join(f"{k} {v:.4f}" for k, v in summary["overall"].items()))
+    else:
+        print(f"output folder {path}")
+        print(f"  method  {summary['method']}")
+        print(f"  kept    {summary['totals']['kept_fraction']:.4f} of {summary['totals']['transported_coordinates']}")
+        print(format_evaluation(summary["evaluation"]))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+
+    result = run_quickstart(args.workdir, progress=not args.no_progress)
+    print(format_evaluation(result.evaluation))
+    print(f"wrote {result.output_dir}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "inspect": _cmd_inspect, "quickstart": _cmd_quickstart}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GradFixError as exc:
+        print(f"gradfix: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

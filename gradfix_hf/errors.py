@@ -1,0 +1,34 @@
+"""Exceptions raised by gradfix_hf.
+
+Every error names the thing that is wrong (model, file, tensor or recipe field) and why, and is raised
+before long work starts. All derive from :class:`GradFixError` so callers can catch one type.
+"""
+from __future__ import annotations
+
+
+class GradFixError(Exception):
+    """Base class of every error gradfix_hf raises on bad input."""
+
+
+class RecipeError(GradFixError, ValueError):
+    """A recipe field is unknown, missing or has an invalid value."""
+
+
+class ModelResolutionError(GradFixError):
+    """A model reference cannot be resolved to usable files (missing folder/files, pickle not allowed...)."""
+
+
+class CompatibilityError(GradFixError):
+    """θ_A, θ_A^ft and θ_B (or a votes file) do not describe the same architecture."""
+
+
+class DataError(GradFixError, ValueError):
+    """The labelled samples are unusable: empty, too few for a class, labels outside the label set..."""
+
+
+class VotesFileError(GradFixError):
+    """A votes file is corrupt, truncated, or was computed for another target or parameter set."""
+
+
+class NonFiniteError(GradFixError):
+    """NaN or inf found in weights or gradients."""

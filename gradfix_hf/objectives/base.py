@@ -1,0 +1,76 @@
+"""What every objective provides: a label space, per-sample encoding, a per-sample loss and predictions."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..errors import DataError
+from ..recipe import DataConfig
+
+
+@dataclass
+class LabelSpace:
+    """The task's classes in index order, and how raw dataset labels map onto them."""
+
+    names: list[str]
+    lookup: dict  # raw label value (and its str) -> class index
+
+    def index(self, raw: Any, where: str) -> int:
+        for key in (raw, str(raw)):
+            if key in self.lookup:
+                return self.lookup[key]
+        raise DataError(f"{where}: label {raw!r} is outside the label set {self.names}.")
+
+
+class Objective(ABC):
+    """A per-sample loss on the target model, plus the matching prediction rule for held-out scores."""
+
+    name: str = ""
+    auto_class_name: str = "AutoModel"
+    pipeline_task: Optional[str] = None
+
+    def __init__(self, data: DataConfig, tokenizer, labels: LabelSpace):
+        self.data = data
+        self.tokenizer = tokenizer
+        self.labels = labels
+
+    @staticmethod
+    @abstractmethod
+    def label_space(data: DataConfig, finetuned_config) -> LabelSpace:
+        """The classes: from the fine-tune's config (classification) or the recipe's label words."""
+
+    def text_of(self, row: dict) -> str:
+        fields = {"text": row[self.data.text_column]}
+        if self.data.text_pair_column:
+            fields["text_pair"] = row[self.data.text_pair_column]
+        return self.data.prompt.format(**fields)
+
+    @abstractmethod
+    def encode(self, row: dict, label: int) -> dict:
+        """Tensors (batch of one) for the per-sample loss."""
+
+    def loss(self, model: torch.nn.Module, example: dict) -> torch.Tensor:
+        """ℓ(θ; x, y) for one sample; the default uses the model's own loss from ``labels``."""
+        return model(**example).loss
+
+    @abstractmethod
+    def predict(self, model: torch.nn.Module, rows: list[dict]) -> list[int]:
+        """Predicted class index per row (held-out scores)."""
+
+
+def verbalised_label_space(data: DataConfig, finetuned_config) -> LabelSpace:
+    """Classes of a text-to-text task: the keys of ``label_words`` (or string labels used verbatim)."""
+    if not data.label_words:
+        raise DataError("data.label_words: a text-to-text objective needs the words of each label, "
+                        "e.g. label_words: {0: negative, 1: positive}.")
+    names, lookup = [], {}
+    for i, (raw, word) in enumerate(data.label_words.items()):
+        if not isinstance(word, str) or not word.strip():
+            raise DataError(f"data.label_words: label {raw!r} needs a non-empty word, got {word!r}.")
+        names.append(word)
+        lookup[raw] = i
+        lookup[str(raw)] = i
+    return LabelSpace(names=names, lookup=lookup)

@@ -1,0 +1,57 @@
+"""Text-to-text objectives: the label is a word the model must produce.
+
+seq2seq (T5-style): token cross-entropy on the verbalised label's tokens. causal LM: prompt + label word as
+one sequence, loss on the completion tokens only. Held-out predictions score each label's words and pick
+the most likely (scored choices), which is exact and needs no generation settings.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import LabelSpace, Objective, verbalised_label_space
+
+
+class Seq2SeqObjective(Objective):
+    name = "seq2seq"
+    auto_class_name = "AutoModelForSeq2SeqLM"
+    pipeline_task = "text-generation"  # transformers 5 serves encoder-decoders here too
+
+    @staticmethod
+    def label_space(data, finetuned_config) -> LabelSpace:
+        return verbalised_label_space(data, finetuned_config)
+
+    def encode(self, row, label):
+        enc = self.tokenizer(self.text_of(row), truncation=True, max_length=self.data.max_length, return_tensors="pt")
+        target = self.tokenizer(self.labels.names[label], return_tensors="pt").input_ids
+        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": target}
+
+    @torch.no_grad()
+    def predict(self, model, rows):
+        predictions = []
+        for row in rows:
+            losses = [float(self.loss(model, self.encode(row, i))) for i in range(len(self.labels.names))]
+            predictions.append(min(range(len(losses)), key=losses.__getitem__))
+        return predictions
+
+
+class CausalLMObjective(Objective):
+    name = "causal-lm"
+    auto_class_name = "AutoModelForCausalLM"
+    pipeline_task = "text-generation"
+
+    @staticmethod
+    def label_space(data, finetuned_config) -> LabelSpace:
+        return verbalised_label_space(data, finetuned_config)
+
+    def encode(self, row, label):
+        prompt = self.text_of(row)
+        completion = self.labels.names[label]
+        if prompt and not prompt[-1].isspace():
+            completion = " " + completion
+        prompt_ids = self.tokenizer(prompt, truncation=True, max_length=self.data.max_length).input_ids
+        completion_ids = self.tokenizer(completion, add_special_tokens=False).input_ids
+        input_ids = torch.tensor([prompt_ids + completion_ids])
+        labels = torch.tensor([[-100] * len(prompt_ids) + completion_ids])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+    predict = Seq2SeqObjective.predict

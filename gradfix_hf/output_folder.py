@@ -1,0 +1,109 @@
+"""The output folder: weights, θ_B's config/tokenizer/generation config, recipe, JSON report, model card.
+
+Everything is written into a hidden temporary folder next to the destination and renamed into place at the
+end, so an interrupted run never leaves a folder that looks finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .errors import GradFixError
+
+REPORT_NAME = "gradfix_report.json"
+RECIPE_NAME = "gradfix_recipe.yaml"
+PAPER_URL = "https://arxiv.org/abs/2510.09658"
+TAGS = ["gradfix", "merge", "task-vector-transport"]
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``destination`` only if the block finishes."""
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise GradFixError(f"output folder {destination} already exists and is not empty (use --overwrite).")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.partial-"))
+    try:
+        yield tmp
+        if destination.exists():
+            shutil.rmtree(destination)
+        os.replace(tmp, destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_hub_id(model: dict) -> bool:
+    return bool(model.get("repo_id"))
+
+
+def _results_table(evaluation: Optional[dict]) -> str:
+    if not evaluation:
+        return "No held-out evaluation was configured for this run."
+    lines = [f"Held-out {evaluation['metric']} on `{evaluation['split']}` ({evaluation['n_samples']} samples):", "",
+             "| model | α | " + evaluation["metric"] + " |", "|---|---|---|"]
+    for row in evaluation["rows"]:
+        alpha = "–" if row.get("alpha") is None else f"{row['alpha']:g}"
+        lines.append(f"| {row['model']} | {alpha} | {row['score']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag: Optional[str],
+                     datasets: Optional[list[str]] = None) -> None:
+    """README.md with Hub metadata (base_model = the target, base_model_relation, tags) and the results."""
+    target = report["models"]["models.target"]
+    source_ft = report["models"]["models.source_finetuned"]
+    data = ModelCardData(
+        base_model=target["repo_id"] if _is_hub_id(target) else None,
+        base_model_relation="merge" if _is_hub_id(target) else None,
+        tags=list(TAGS), library_name="transformers", pipeline_tag=pipeline_tag, datasets=datasets or None,
+    )
+    totals = report["totals"]
+    method = report["method"]
+    content = f"""---
+{data.to_yaml()}
+---
+
+# GradFix transport of `{source_ft['repo_id'] or source_ft['path']}` onto `{target['repo_id'] or target['path']}`
+
+This model is the target pre-trained model θ_B plus the source fine-tuning's task vector
+τ_A = θ_A^ft − θ_A, masked coordinate by coordinate with GradFix
+([Gradient-Sign Masking for Task Vector Transport Across Pre-Trained Models]({PAPER_URL}), ICLR 2026):
+θ = θ_B + α·(m ⊙ τ_A), m = 1{{sign(τ_A) = sign(Σ_n sign(−∇ℓ_n(θ_B)))}}. No fine-tuning of θ_B was done.
+
+- mask: `{method['mask']}`, α = {method['alpha']}, no-evidence policy: `{method['no_evidence']}`
+- vote samples N = {report['votes']['n_samples'] if report.get('votes') else 0}
+- kept fraction of τ_A: {totals['kept_fraction']:.4f} of all transported coordinates
+- source pre-trained: `{report['models']['models.source']['repo_id'] or report['models']['models.source']['path']}`
+- made with gradfix_hf {report['library_version']}
+
+## Results
+
+{_results_table(report.get('evaluation'))}
+
+## Recipe
+
+```yaml
+{recipe_yaml.rstrip()}
+```
+"""
+    ModelCard(content).save(folder / "README.md")
+
+
+def write_report(folder: Path, report: dict) -> None:
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def read_report(folder: Path) -> dict:
+    path = Path(folder) / REPORT_NAME
+    if not path.is_file():
+        raise GradFixError(f"{folder}: no {REPORT_NAME}; not a gradfix output folder.")
+    return json.loads(path.read_text())

@@ -1,0 +1,141 @@
+"""The votes file between the two stages: integer votes per target parameter, evidence, and metadata.
+
+Layout (safetensors): ``<param name>`` → int8/int16 vote v = Σ_n sign(−g_n) (for ``aggregation: mean`` the
+single sign of −Σ_n g_n); ``evidence_rows/<name>`` → uint8 per row, or ``evidence_bits/<name>`` → packed
+bits, only for tensors where some coordinate got no gradient from any sample. Metadata records N, the
+objective, the target and its revision, a data fingerprint and a fingerprint of the voted parameter set.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import VotesFileError
+from ..version import __version__
+
+FORMAT = "gradfix-votes"
+FORMAT_VERSION = "1"
+ROWS, BITS = "evidence_rows/", "evidence_bits/"
+REQUIRED_METADATA = ("format", "format_version", "n_samples", "aggregation", "objective", "target",
+                     "data_fingerprint", "params_fingerprint", "library_version")
+
+
+def vote_dtype(n_samples: int) -> torch.dtype:
+    """Smallest integer type that holds any sum of ``n_samples`` signs."""
+    return torch.int8 if n_samples <= 127 else torch.int16 if n_samples <= 32767 else torch.int32
+
+
+def params_fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
+    text = "\n".join(f"{name}:{list(shape)}" for name, shape in sorted(shapes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class VotesFile:
+    """Votes of one target on one set of samples. ``evidence[name]`` (bool, full shape) only where partial."""
+
+    votes: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    evidence: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.metadata["n_samples"])
+
+    def signs(self, name: str) -> torch.Tensor:
+        return torch.sign(self.votes[name])
+
+    def has_evidence(self, name: str) -> torch.Tensor:
+        ev = self.evidence.get(name)
+        return torch.ones(self.votes[name].shape, dtype=torch.bool) if ev is None else ev
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: a temporary file in the same folder renamed into place."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: v.contiguous() for name, v in self.votes.items()}
+        for name, ev in self.evidence.items():
+            if ev.dim() >= 2 and bool((ev == ev[..., :1]).all()):
+                tensors[ROWS + name] = ev.reshape(ev.shape[0], -1)[:, 0].to(torch.uint8).contiguous()
+            else:
+                tensors[BITS + name] = torch.from_numpy(np.packbits(ev.flatten().numpy()))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=self.metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VotesFile":
+        path = Path(path)
+        if not path.is_file():
+            raise VotesFileError(f"{path}: votes file not found.")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                raw = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise VotesFileError(f"{path}: corrupt or truncated votes file: {exc}") from None
+        missing = [k for k in REQUIRED_METADATA if k not in metadata]
+        if metadata.get("format") != FORMAT or missing:
+            raise VotesFileError(f"{path}: not a gradfix votes file (metadata lacks {missing or ['format']}).")
+        votes = {k: v for k, v in raw.items() if not k.startswith((ROWS, BITS))}
+        evidence = {}
+        for key, value in raw.items():
+            if key.startswith(ROWS):
+                name = key[len(ROWS):]
+                shape = votes[name].shape
+                evidence[name] = value.bool().reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+            elif key.startswith(BITS):
+                name = key[len(BITS):]
+                bits = np.unpackbits(value.numpy())[: votes[name].numel()]
+                evidence[name] = torch.from_numpy(bits.astype(bool)).reshape(votes[name].shape)
+        bad = [k for k, v in votes.items() if v.is_floating_point()]
+        if bad:
+            raise VotesFileError(f"{path}: votes must be integers; {bad[0]!r} is {votes[bad[0]].dtype}.")
+        return cls(votes=votes, metadata=metadata, evidence=evidence)
+
+    def check_target(self, shapes: dict[str, tuple[int, ...]], *, target: str, commit_hash: Optional[str],
+                     source: str = "votes file") -> None:
+        """Refuse votes computed for another target or another parameter set."""
+        recorded = self.metadata.get("target_revision") or None
+        if commit_hash and recorded and recorded != commit_hash:
+            raise VotesFileError(f"{source}: computed for revision {recorded} of {self.metadata['target']}, "
+                                 f"but the target {target} resolves to {commit_hash}.")
+        extra = sorted(set(self.votes) - set(shapes))
+        missing = sorted(set(shapes) - set(self.votes))
+        if extra or missing:
+            raise VotesFileError(f"{source}: computed for another parameter set (target "
+                                 f"{self.metadata['target']}): " + "; ".join(
+                                     x for x in (f"not in the target: {extra[:3]}" if extra else "",
+                                                 f"missing votes for: {missing[:3]}" if missing else "") if x))
+        for name, shape in shapes.items():
+            if tuple(self.votes[name].shape) != tuple(shape):
+                raise VotesFileError(f"{source}: tensor {name!r} has shape {list(self.votes[name].shape)} but the "
+                                     f"target {target} has {list(shape)}.")
+        n = self.n_samples
+        limit = n if self.metadata["aggregation"] == "majority" else 1
+        for name, v in self.votes.items():
+            if v.numel() and int(v.abs().max()) > limit:
+                raise VotesFileError(f"{source}: tensor {name!r} has |vote| > {limit} (N={n}): corrupt file.")
+
+    def statistics(self, name: str) -> dict:
+        v = self.votes[name]
+        numel = max(v.numel(), 1)
+        ev = self.has_evidence(name)
+        return {"positive": float((v > 0).sum()) / numel, "negative": float((v < 0).sum()) / numel,
+                "tie": float(((v == 0) & ev).sum()) / numel, "no_evidence": float((~ev).sum()) / numel,
+                "mean_abs_margin": float(v.abs().float().mean()) / max(self.n_samples, 1)}
