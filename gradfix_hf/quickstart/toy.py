@@ -5,8 +5,8 @@ Everything is built from configs on the CPU in seconds, with no network:
 * a word-level tokenizer over a made-up vocabulary (``word_tokenizer``),
 * θ_A: a 2-layer BERT pre-trained by masked-LM on corpus A,
 * θ_A^ft: θ_A fine-tuned on a toy sentiment task (positive vs negative words),
-* θ_B: a "new release": θ_A's masked-LM pre-training continued on a different corpus B, long enough that
-  the weights drift far from θ_A,
+* θ_B: a "new release": θ_A's masked-LM pre-training continued for 150 steps on a different corpus B
+  (other topic structure), so θ_B's weights and its task-relevant features drift away from θ_A's,
 * the task's train/validation/test splits as JSON lines.
 """
 from __future__ import annotations
@@ -150,12 +150,12 @@ def build_quickstart_assets(workdir: Path, *, seed: int = 0) -> dict[str, Path]:
 
     finetuned = BertForSequenceClassification.from_pretrained(
         paths["source"], num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    train_classifier(finetuned, tokenizer, rows[:800], steps=150, lr=1e-3, seed=seed)
+    train_classifier(finetuned, tokenizer, rows[:800], steps=300, lr=1e-3, seed=seed)
     finetuned.save_pretrained(paths["source-finetuned"])
     tokenizer.save_pretrained(paths["source-finetuned"])
 
     target = BertForMaskedLM.from_pretrained(paths["source"])
-    train_masked_lm(target, tokenizer, corpus(4000, seed + 7, topic_size=6), steps=400, lr=3e-3, seed=seed + 7)
+    train_masked_lm(target, tokenizer, corpus(4000, seed + 7, topic_size=6), steps=150, lr=1e-3, seed=seed + 7)
     target.save_pretrained(paths["target"])
     tokenizer.save_pretrained(paths["target"])
     return paths

@@ -1,0 +1,203 @@
+"""End-to-end transport: output tensors equal the formula, the folder loads and runs in pipeline(...)."""
+import json
+import re
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, pipeline
+
+from conftest import recipe_dict
+from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, transport
+from gradfix_hf.merge.streaming import MaskSpec, apply_in_memory, load_base_model
+
+
+def _weights(folder):
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        merged = {}
+        for name in files:
+            merged.update(load_file(folder / name))
+        return merged
+    return load_file(folder / "model.safetensors")
+
+
+def _strip(name):
+    return name[len("bert."):] if name.startswith("bert.") else name
+
+
+@pytest.fixture(scope="module")
+def bert_votes(trios, tmp_path_factory):
+    trio = trios("bert")
+    recipe = Recipe.from_dict(recipe_dict("bert", trio))
+    path = tmp_path_factory.mktemp("votes") / "votes.safetensors"
+    compute_recipe_votes(prepare(recipe), progress=False).save(path)
+    return path
+
+
+def test_output_tensors_equal_formula(trios, bert_votes, tmp_path):
+    trio = trios("bert")
+    alpha = 0.7
+    result = transport(recipe_dict("bert", trio, method={"alpha": alpha}), tmp_path / "out", votes=bert_votes,
+                       progress=False)
+    out = _weights(result.output_dir)
+    source, target = _weights(trio["source"]), _weights(trio["target"])
+    finetuned = _weights(trio["source_finetuned"])
+    votes = VotesFile.load(bert_votes)
+    checked = 0
+    for name, tensor in out.items():
+        if name.startswith("classifier."):
+            assert torch.equal(tensor, finetuned[name]), name  # new head: copied, not voted or masked
+            continue
+        tau = finetuned[name] - source[_strip(name)]
+        s = torch.sign(votes.votes[name])
+        mask = (torch.sign(tau) == s) & (s != 0)
+        expected = target[_strip(name)] + alpha * tau * mask
+        assert torch.allclose(tensor, expected, atol=1e-6), name
+        checked += 1
+    assert checked == len(votes.votes) > 20
+    assert set(out) == set(votes.votes) | {"classifier.weight", "classifier.bias"}
+    per = result.report["per_tensor"]
+    emb = per["bert.embeddings.word_embeddings.weight"]
+    assert 0 < emb["kept_fraction"] < 1
+    assert emb["votes"]["no_evidence"] > 0  # tokens absent from the 6 samples got no vote
+
+
+def test_output_folder_contents_and_pipeline(trios, tmp_path):
+    trio = trios("bert")
+    result = transport(recipe_dict("bert", trio), tmp_path / "out", progress=False)
+    folder = result.output_dir
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "gradfix_report.json", "gradfix_recipe.yaml", "README.md",
+            "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    report = result.report
+    assert report["method"] == {"mask": "gradfix", "alpha": 0.5, "no_evidence": "drop"}
+    assert report["votes"]["n_samples"] == 6
+    assert report["tensors"]["copied_from_finetune"] == ["classifier.weight", "classifier.bias"]
+    assert 0 < report["totals"]["kept_fraction"] < 1
+    assert Recipe.from_yaml(folder / "gradfix_recipe.yaml") == Recipe.from_dict(recipe_dict("bert", trio))
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert set(front["tags"]) >= {"gradfix", "merge", "task-vector-transport"}
+    assert front["pipeline_tag"] == "text-classification" and front["library_name"] == "transformers"
+    assert "α = 0.5" in card
+    classifier = pipeline("text-classification", model=result.model, tokenizer=result.tokenizer)
+    prediction = classifier("good great lovely")[0]
+    assert prediction["label"] in {"negative", "positive"} and 0.0 <= prediction["score"] <= 1.0
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    enc = result.tokenizer(["good bad"], return_tensors="pt")
+    assert torch.equal(reloaded(**enc).logits, result.model(**enc).logits)
+
+
+def test_folder_equals_in_memory_application(trios, bert_votes, tmp_path):
+    """The streamed folder and the in-memory application (used for held-out scores) give the same model."""
+    trio = trios("bert")
+    recipe = Recipe.from_dict(recipe_dict("bert", trio))
+    result = recipe.run(tmp_path / "out", votes=bert_votes, progress=False)
+    prepared = prepare(recipe)
+    model = load_base_model(prepared.plan)
+    apply_in_memory(model, prepared.plan, MaskSpec("gradfix", 0.5), VotesFile.load(bert_votes))
+    enc = result.tokenizer(["good bad ugly", "happy warm"], return_tensors="pt", padding=True)
+    assert torch.allclose(model(**enc).logits, result.model(**enc).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+def test_text_to_text_outputs_run_in_text_generation_pipeline(trios, tmp_path, kind):
+    trio = trios(kind)
+    result = transport(recipe_dict(kind, trio), tmp_path / "out", progress=False)
+    assert (result.output_dir / "generation_config.json").is_file()
+    generator = pipeline("text-generation", model=result.model, tokenizer=result.tokenizer)
+    text = generator("review: good great", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+    assert isinstance(text, str) and text
+    assert result.report["tensors"]["copied_from_finetune"] == []  # no new head: the LM head is transported
+    assert result.report["votes"]["n_samples"] == 6
+
+
+def test_sharded_output_and_dtype(trios, bert_votes, tmp_path):
+    trio = trios("bert")
+    single = transport(recipe_dict("bert", trio), tmp_path / "single", votes=bert_votes, progress=False)
+    sharded = transport(recipe_dict("bert", trio, output={"max_shard_size": "20KB"}), tmp_path / "sharded",
+                        votes=bert_votes, progress=False)
+    shards = sorted(p.name for p in sharded.output_dir.glob("model-*.safetensors"))
+    assert len(shards) > 2 and all(re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", s) for s in shards)
+    assert not (sharded.output_dir / "model.safetensors").exists()
+    a, b = _weights(single.output_dir), _weights(sharded.output_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    enc = single.tokenizer(["good"], return_tensors="pt")
+    assert torch.equal(single.model(**enc).logits, sharded.model(**enc).logits)
+    half = transport(recipe_dict("bert", trio, output={"dtype": "bfloat16"}), tmp_path / "bf16", votes=bert_votes,
+                     progress=False)
+    assert {t.dtype for t in _weights(half.output_dir).values()} == {torch.bfloat16}
+
+
+def test_alpha_sweep_reuses_votes_and_scales_linearly(trios, bert_votes, tmp_path):
+    trio = trios("bert")
+    target = _weights(trio["target"])
+    deltas = {}
+    for alpha in (0.25, 1.0):
+        result = transport(recipe_dict("bert", trio, method={"alpha": alpha}), tmp_path / f"a{alpha}",
+                           votes=bert_votes, progress=False)
+        assert result.report["votes"]["file"] == str(bert_votes)
+        out = _weights(result.output_dir)
+        deltas[alpha] = {k: out[k] - target[_strip(k)] for k in out if not k.startswith("classifier.")}
+    for name, delta in deltas[1.0].items():
+        assert torch.allclose(delta, 4 * deltas[0.25][name], atol=1e-5), name
+
+
+def test_oracle_and_mean_masks(trios, tmp_path):
+    trio = trios("bert")
+    models = {**recipe_dict("bert", trio)["models"], "target_finetuned": str(trio["target_finetuned"])}
+    oracle = transport(recipe_dict("bert", trio, models=models, method={"mask": "oracle", "alpha": 1.0}),
+                       tmp_path / "oracle", progress=False)
+    assert oracle.report["votes"] is None
+    out, target = _weights(oracle.output_dir), _weights(trio["target"])
+    source, finetuned = _weights(trio["source"]), _weights(trio["source_finetuned"])
+    target_ft = _weights(trio["target_finetuned"])
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    tau = finetuned[name] - source[_strip(name)]
+    tau_b = target_ft[name] - target[_strip(name)]
+    expected = target[_strip(name)] + tau * ((torch.sign(tau) == torch.sign(tau_b)) & (tau_b != 0))
+    assert torch.allclose(out[name], expected, atol=1e-6)
+    mean = transport(recipe_dict("bert", trio, method={"mask": "mean"}), tmp_path / "mean", progress=False)
+    assert mean.report["votes"]["aggregation"] == "mean"
+    assert 0 < mean.report["totals"]["kept_fraction"] < 1
+
+
+def test_no_evidence_keep_restores_untouched_embedding_rows(trios, bert_votes, tmp_path):
+    trio = trios("bert")
+    keep = transport(recipe_dict("bert", trio, method={"no_evidence": "keep", "alpha": 1.0}), tmp_path / "keep",
+                     votes=bert_votes, progress=False)
+    drop = transport(recipe_dict("bert", trio, method={"alpha": 1.0}), tmp_path / "drop", votes=bert_votes,
+                     progress=False)
+    name = "bert.embeddings.word_embeddings.weight"
+    evidence = VotesFile.load(bert_votes).has_evidence(name)
+    untouched = ~evidence[:, 0]
+    assert untouched.any()
+    target, finetuned, source = _weights(trio["target"]), _weights(trio["source_finetuned"]), _weights(trio["source"])
+    tau = finetuned[name] - source[_strip(name)]
+    kept_rows = _weights(keep.output_dir)[name][untouched]
+    assert torch.allclose(kept_rows, (target[_strip(name)] + tau)[untouched], atol=1e-6)
+    assert torch.equal(_weights(drop.output_dir)[name][untouched], target[_strip(name)][untouched])
+    assert keep.report["totals"]["kept_fraction"] > drop.report["totals"]["kept_fraction"]
+
+
+def test_evaluation_table_and_save_pretrained(trios, bert_votes, tmp_path):
+    trio = trios("bert")
+    result = transport(recipe_dict("bert", trio, evaluation={"path": str(trio["test"])}), tmp_path / "out",
+                       votes=bert_votes, progress=False)
+    rows = result.evaluation["rows"]
+    assert [r["method"] for r in rows] == ["zero-shot", "naive", "gradfix"]
+    assert result.evaluation["n_samples"] == 20
+    assert all(0.0 <= r["score"] <= 1.0 and (r["score"] * 20).is_integer() for r in rows)
+    assert "| GradFix (gradfix) |" in (result.output_dir / "README.md").read_text()
+    copy = result.save_pretrained(tmp_path / "copy")
+    assert (copy / "gradfix_report.json").read_text() == (result.output_dir / "gradfix_report.json").read_text()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(copy)
+    enc = result.tokenizer(["good"], return_tensors="pt")
+    assert torch.equal(reloaded(**enc).logits, result.model(**enc).logits)
