@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -63,21 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_recipe(args: argparse.Namespace):
+    """The recipe with command-line overrides applied before validation (so --force admits a recipe's α)."""
     from .recipe import Recipe
 
-    recipe = Recipe.from_yaml(args.recipe)
-    changes = {}
+    overrides: dict = {}
     if getattr(args, "allow_pickle", False):
-        changes["allow_pickle"] = True
-    method_changes = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
-                      if v is not None}
+        overrides["allow_pickle"] = True
+    method = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
+              if v is not None}
     if getattr(args, "force", False):
-        method_changes["force"] = True
-    if method_changes:
-        from .recipe import MethodConfig
-
-        changes["method"] = MethodConfig(**{**dataclasses.asdict(recipe.method), **method_changes})
-    return recipe.replace(**changes) if changes else recipe
+        method["force"] = True
+    if method:
+        overrides["method"] = method
+    return Recipe.from_yaml(args.recipe, overrides=overrides)
 
 
 def format_evaluation(evaluation: Optional[dict]) -> str:

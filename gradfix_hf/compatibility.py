@@ -37,6 +37,7 @@ class TargetLayout:
     buffers: dict[str, tuple[int, ...]]
     prefix: str
     aliases: dict[str, list[str]]
+    base_parameters: frozenset = frozenset()  # parameters of the base model (not of a task head)
 
     @property
     def model_class(self):
@@ -76,9 +77,14 @@ def build_layout(auto_class_name: str, config, trust_remote_code: bool = False) 
     aliases: dict[str, list[str]] = {}
     for tied, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
         aliases.setdefault(source, []).append(tied)
+    base = model.base_model
+    if base is model:
+        base_parameters = frozenset(parameters)
+    else:
+        base_parameters = frozenset(f"{model.base_model_prefix}.{n}" for n, _ in base.named_parameters())
     config.architectures = [model.__class__.__name__]
     return TargetLayout(auto_class_name=auto_class_name, config=config, parameters=parameters, buffers=buffers,
-                        prefix=model.base_model_prefix or "", aliases=aliases)
+                        prefix=model.base_model_prefix or "", aliases=aliases, base_parameters=base_parameters)
 
 
 @dataclass
@@ -115,13 +121,13 @@ def check_configs(configs: dict[str, transformers.PretrainedConfig], names: dict
     target_type = configs[TARGET].model_type
     for role, config in configs.items():
         if config.model_type != target_type:
-            raise CompatibilityError(f"{role} ({names[role]}) has model_type {config.model_type!r} but the target "
-                                     f"{names[TARGET]} has {target_type!r}: GradFix needs one architecture.")
+            raise CompatibilityError(f"{role} ({names[role]}) has model_type {config.model_type!r} but {TARGET} "
+                                     f"({names[TARGET]}) has {target_type!r}: GradFix needs one architecture.")
     target_vocab = _vocab_size(configs[TARGET])
     for role, config in configs.items():
         if _vocab_size(config) != target_vocab:
-            raise CompatibilityError(f"{role} ({names[role]}) has vocabulary size {_vocab_size(config)} but the "
-                                     f"target {names[TARGET]} has {target_vocab}: token ids would not line up.")
+            raise CompatibilityError(f"{role} ({names[role]}) has vocabulary size {_vocab_size(config)} but "
+                                     f"{TARGET} ({names[TARGET]}) has {target_vocab}: token ids would not line up.")
 
 
 def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> None:
@@ -135,9 +141,16 @@ def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> No
             continue
         vocab = tok.get_vocab()
         if vocab != reference:
-            diff = sorted(set(vocab.items()) ^ set(reference.items()), key=str)[:3]
-            raise CompatibilityError(f"{role} ({names[role]}): its tokenizer vocabulary differs from the target's "
-                                     f"({len(vocab)} vs {len(reference)} tokens; e.g. {diff}).")
+            examples = []
+            for token in sorted(set(vocab) | set(reference)):
+                if vocab.get(token) != reference.get(token):
+                    examples.append(f"{token!r} is id {vocab.get(token)} in {role} but "
+                                    f"{reference.get(token)} in {TARGET}")
+                if len(examples) == 3:
+                    break
+            raise CompatibilityError(f"{role} ({names[role]}): its tokenizer vocabulary differs from {TARGET}'s "
+                                     f"({names[TARGET]}; {len(vocab)} vs {len(reference)} tokens; e.g. "
+                                     + "; ".join(examples) + "): token ids would not mean the same tokens.")
 
 
 def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True) -> TransportPlan:
@@ -152,13 +165,16 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
         is_param = name in layout.parameters
         if is_param and {SOURCE, SOURCE_FT, TARGET} <= present:
             if TARGET_FT in readers and TARGET_FT not in present:
-                raise CompatibilityError(f"tensor {name!r} is missing from {TARGET} ({models[TARGET_FT].name}).")
+                raise CompatibilityError(f"tensor {name!r} is missing from {TARGET_FT} ({models[TARGET_FT].name}).")
             if not readers[TARGET].dtype(keys[TARGET][name]).is_floating_point:
                 plan.from_target.append(name)
                 continue
             plan.transported.append(name)
             roles = [r for r in (SOURCE, SOURCE_FT, TARGET, TARGET_FT) if r in readers]
-        elif is_param and SOURCE_FT in present and SOURCE not in present:
+        elif is_param and SOURCE_FT in present and SOURCE not in present and (
+                TARGET not in present or name not in layout.base_parameters):
+            # a new task head: absent from θ_A (and from θ_B, or outside θ_B's base model). A base-model tensor
+            # that θ_B has but θ_A lacks is a name mismatch, not a head (falls through to the error below).
             plan.copied_from_finetune.append(name)
             roles = [SOURCE_FT]
         elif TARGET in present and not is_param:
@@ -175,7 +191,8 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
             shape = readers[role].shape(keys[role][name])
             if shape != expected[name]:
                 raise CompatibilityError(f"tensor {name!r}: shape {list(shape)} in {role} ({models[role].name}) but "
-                                         f"{list(expected[name])} in the target layout ({models[TARGET].name}).")
+                                         f"{list(expected[name])} in the layout built from {TARGET}'s config.json "
+                                         f"({models[TARGET].name}).")
     used = {role: set(k.values()) for role, k in keys.items()}
     plan.ignored = {role: sorted(set(r.keys()) - used[role]) for role, r in readers.items()}
     if not plan.transported:

@@ -53,10 +53,30 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
         return datasets.load_dataset(path, name, split=split, revision=revision)
     except DataError:
         raise
-    except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
-        raise DataError(f"{where}: cannot load split {split!r} of {path!r}: {exc}") from None
-    except Exception as exc:  # datasets raises its own hierarchy (DatasetNotFoundError, ...)
-        raise DataError(f"{where}: cannot load split {split!r} of {path!r}: {exc.__class__.__name__}: {exc}") from None
+    except Exception as exc:  # datasets also raises its own hierarchy (DatasetNotFoundError, ...)
+        if local.is_file() and _has_no_rows(local):  # datasets' own message for this is cryptic
+            raise DataError(f"{where}.path: {local} is empty (no data rows).") from None
+        known = isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError))
+        detail = str(exc) if known else f"{exc.__class__.__name__}: {exc}"
+        raise DataError(f"{where}: cannot load split {split!r} of {path!r}: {detail}") from None
+
+
+def _has_no_rows(local: Path) -> bool:
+    """True for a csv/tsv with at most a header line, or a json/jsonl holding nothing (or ``[]``)."""
+    suffix = local.suffix.lower()
+    if suffix == ".parquet":
+        return local.stat().st_size == 0
+    try:
+        with open(local, "rb") as handle:
+            head = handle.read(1 << 16)
+            if handle.read(1):
+                return False  # large file: not empty
+    except OSError:
+        return False
+    lines = [line for line in head.decode("utf-8", "replace").splitlines() if line.strip()]
+    if suffix in (".csv", ".tsv"):
+        return len(lines) <= 1
+    return not lines or "".join(lines).replace(" ", "") == "[]"
 
 
 def describe_source(path: str, split: str) -> str:
@@ -89,12 +109,13 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
                      fingerprint_extra: Optional[dict] = None) -> LabelledSamples:
     """K samples per class, drawn with ``data.seed`` (stratified, reproducible)."""
     columns = [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column]
-    _check_columns(dataset, columns, where)
+    source = describe_source(data_cfg.path, data_cfg.split)
     if len(dataset) == 0:
-        raise DataError(f"{where}: split {data_cfg.split!r} of {data_cfg.path!r} is empty.")
+        raise DataError(f"{where}: {source} is empty (no rows).")
+    _check_columns(dataset, columns, f"{where} ({source})")
     by_class: dict[int, list[int]] = {i: [] for i in range(len(label_space.names))}
     for idx, raw in enumerate(dataset[data_cfg.label_column]):
-        by_class.setdefault(label_space.index(raw, f"{where} row {idx}"), []).append(idx)
+        by_class.setdefault(label_space.index(raw, f"{where} ({source}) row {idx}"), []).append(idx)
     rng = random.Random(data_cfg.seed)
     chosen: list[int] = []
     k = data_cfg.samples_per_class
@@ -102,8 +123,8 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
         pool = by_class[cls]
         if len(pool) < k:
             name = label_space.names[cls] if cls < len(label_space.names) else cls
-            raise DataError(f"{where}: class {name!r} has {len(pool)} sample(s) in split {data_cfg.split!r}; "
-                            f"samples_per_class asks for {k}.")
+            raise DataError(f"{where}: class {name!r} has {len(pool)} sample(s) in {source}; "
+                            f"data.samples_per_class asks for {k}.")
         chosen.extend(rng.sample(pool, k))
     rows = [dataset[i] for i in chosen]
     labels = [label_space.index(r[data_cfg.label_column], where) for r in rows]
@@ -115,10 +136,11 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
 def evaluation_samples(dataset, data_cfg, label_space: LabelSpace, max_samples: Optional[int], source: str,
                        where: str = "evaluation") -> LabelledSamples:
     """All (or the first ``max_samples``) rows of a held-out split, labels checked against the label set."""
-    _check_columns(dataset, [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column], where)
     if len(dataset) == 0:
-        raise DataError(f"{where}: the evaluation split is empty.")
+        raise DataError(f"{where}: the evaluation split {source} is empty.")
+    _check_columns(dataset, [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column],
+                   f"{where} ({source})")
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     rows = [dataset[i] for i in range(count)]
-    labels = [label_space.index(r[data_cfg.label_column], f"{where} row {i}") for i, r in enumerate(rows)]
+    labels = [label_space.index(r[data_cfg.label_column], f"{where} ({source}) row {i}") for i, r in enumerate(rows)]
     return LabelledSamples(rows=rows, labels=labels, source=source, fingerprint="")

@@ -61,21 +61,24 @@ def _weight_files(folder: Path, role: str, allow_pickle: bool) -> tuple[list[Pat
             files = [folder / single]
         else:
             continue
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise ModelResolutionError(f"{role}: weight shard(s) listed in the index are missing: {missing}")
         fmt = "safetensors" if single.endswith(".safetensors") else "pickle"
+        # refuse pickle first: a Hub download without allow_pickle fetches a pickle index but not its shards
         if fmt == "pickle" and not allow_pickle:
+            shown = index if (folder / index).is_file() else single
             raise ModelResolutionError(
-                f"{role}: {folder} only has pickle weights ({files[0].name}); pickle can run code when loaded. "
+                f"{role}: {folder} only has pickle weights ({shown}); pickle can run code when loaded. "
                 "Convert them to safetensors, or allow them with `allow_pickle: true` / `--allow-pickle` "
                 "(they are then loaded with torch.load(weights_only=True))."
             )
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ModelResolutionError(f"{role}: weight shard(s) listed in the index are missing: {missing}")
         return files, fmt
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    hint = "" if allow_pickle else " Pickle weights (pytorch_model*.bin) are only used with `allow_pickle: true`."
     raise ModelResolutionError(
         f"{role}: no model weights in {folder} (expected model.safetensors or model.safetensors.index.json; "
-        f"found {found or 'nothing'})."
+        f"found {found or 'nothing'}).{hint}"
     )
 
 
@@ -115,8 +118,8 @@ def _resolve_hub(ref: ModelRef, *, role: str, allow_pickle: bool, token: Optiona
         raise ModelResolutionError(f"{role}: revision {ref.revision!r} not found in Hub repo {ref.path!r}.") from None
     except LocalEntryNotFoundError as exc:
         raise ModelResolutionError(
-            f"{role}: {ref} is not in the local cache and the Hub cannot be reached ({exc.__class__.__name__}). "
-            "Use a local folder, or download it first."
+            f"{role}: {ref} is not in the local cache and the Hub cannot be reached ({exc.__class__.__name__}), "
+            f"and there is no local folder {ref.path!r} either. Use an existing local folder, or download it first."
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelResolutionError(f"{role}: cannot fetch {ref} from the Hub: {exc}") from None

@@ -23,12 +23,23 @@ PAPER_URL = "https://arxiv.org/abs/2510.09658"
 TAGS = ["gradfix", "merge", "task-vector-transport"]
 
 
+def check_destination(destination: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output path that is a file, lies under a file, or is a non-empty folder."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise GradFixError(f"output folder {destination} is an existing file, not a folder.")
+    blocking = next((p for p in destination.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise GradFixError(f"output folder {destination} cannot be created: {blocking} is a file.")
+    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
+        raise GradFixError(f"output folder {destination} already exists and is not empty (use --overwrite).")
+
+
 @contextlib.contextmanager
 def atomic_folder(destination: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``destination`` only if the block finishes."""
     destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()) and not overwrite:
-        raise GradFixError(f"output folder {destination} already exists and is not empty (use --overwrite).")
+    check_destination(destination, overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.partial-"))
     try:

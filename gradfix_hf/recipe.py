@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -21,6 +22,20 @@ OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "callable")
 MASKS = ("gradfix", "mean", "oracle", "naive")
 NO_EVIDENCE_POLICIES = ("drop", "keep")
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+               "TIB": 2**40}
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """'5GB' / '200MB' / '1.5GiB' / 1000 → bytes (the ``output.max_shard_size`` syntax)."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B)\s*", size.upper()) if isinstance(size, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise RecipeError(f"output.max_shard_size: cannot read {size!r} (use e.g. 5GB, 200MB or a positive byte count).")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def _closest(name: str, valid: list[str]) -> str:
@@ -161,6 +176,7 @@ class OutputConfig:
     def __post_init__(self) -> None:
         if self.dtype is not None:
             _check_choice(self.dtype, DTYPES, "output.dtype")
+        parse_size(self.max_shard_size)
 
 
 @dataclass(frozen=True)
@@ -204,11 +220,17 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, loss_fn: Optional[Callable] = None) -> "Recipe":
-        recipe = _build(cls, {k: v for k, v in raw.items() if k != "loss_fn"}, "recipe")
-        return dataclasses.replace(recipe, loss_fn=loss_fn) if loss_fn is not None else recipe
+        if not isinstance(raw, Mapping):
+            raise RecipeError(f"recipe: expected a mapping, got {type(raw).__name__} ({raw!r}).")
+        fields = {k: v for k, v in raw.items() if k != "loss_fn"}
+        if loss_fn is not None:  # passed at construction so the 'callable' objective's check sees it
+            fields["loss_fn"] = loss_fn
+        return _build(cls, fields, "recipe")
 
     @classmethod
-    def from_yaml(cls, path: Union[str, os.PathLike], *, loss_fn: Optional[Callable] = None) -> "Recipe":
+    def from_yaml(cls, path: Union[str, os.PathLike], *, loss_fn: Optional[Callable] = None,
+                  overrides: Optional[Mapping[str, Any]] = None) -> "Recipe":
+        """Read a YAML recipe; ``overrides`` (e.g. ``{"method": {"alpha": 0.5}}``) are merged in before validation."""
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found.")
@@ -218,6 +240,9 @@ class Recipe:
             raise RecipeError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, Mapping):
             raise RecipeError(f"{path}: a recipe must be a YAML mapping with at least 'models'.")
+        for key, value in (overrides or {}).items():
+            merge = isinstance(value, Mapping) and isinstance(raw.get(key), Mapping)
+            raw[key] = {**raw[key], **value} if merge else value
         try:
             return cls.from_dict(raw, loss_fn=loss_fn)
         except RecipeError as exc:
@@ -232,6 +257,8 @@ class Recipe:
                         if f.name != "loss_fn" and getattr(obj, f.name) is not None}
             if isinstance(obj, Mapping):
                 return {k: clean(v) for k, v in obj.items()}
+            if isinstance(obj, os.PathLike):  # Python API callers may pass pathlib.Path objects
+                return os.fspath(obj)
             return obj
 
         return clean(self)

@@ -25,7 +25,7 @@ from .errors import GradFixError, RecipeError, VotesFileError
 from .hub import ResolvedModel, resolve_model
 from .merge.streaming import MaskSpec, apply_in_memory, load_base_model, merge_to_folder
 from .objectives import OBJECTIVES, CallableObjective, Objective
-from .output_folder import RECIPE_NAME, atomic_folder, read_report, write_model_card, write_report
+from .output_folder import RECIPE_NAME, atomic_folder, check_destination, read_report, write_model_card, write_report
 from .recipe import Recipe
 from .version import __version__
 from .votes import VotesFile, compute_votes, params_fingerprint
@@ -247,9 +247,7 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     started = time.time()
     destination = output_dir or recipe.output.path
     if destination is not None and not dry_run:
-        destination = Path(destination)
-        if destination.exists() and any(destination.iterdir()) and not overwrite:
-            raise GradFixError(f"output folder {destination} already exists and is not empty (use --overwrite).")
+        check_destination(Path(destination), overwrite)
     votes_path = votes or recipe.votes
     prepared = prepare(recipe, token=token)
     if dry_run:

@@ -2,24 +2,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Union
 
 import torch
 from safetensors.torch import save_file
 
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(size: Union[int, str]) -> int:
-    """'5GB' / '200MB' / 1000 → bytes."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B)\s*", str(size).upper())
-    if not match:
-        raise ValueError(f"output.max_shard_size: cannot read {size!r} (use e.g. 5GB, 200MB or a byte count)")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+from ..recipe import parse_size
 
 
 class ShardedSafetensorsWriter:

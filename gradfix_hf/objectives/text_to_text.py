@@ -11,19 +11,12 @@ import torch
 from .base import LabelSpace, Objective, verbalised_label_space
 
 
-class Seq2SeqObjective(Objective):
-    name = "seq2seq"
-    auto_class_name = "AutoModelForSeq2SeqLM"
-    pipeline_task = "text-generation"  # transformers 5 serves encoder-decoders here too
+class TextToTextObjective(Objective):
+    """Shared by seq2seq and causal LM: verbalised labels, scored-choice predictions."""
 
     @staticmethod
     def label_space(data, finetuned_config) -> LabelSpace:
         return verbalised_label_space(data, finetuned_config)
-
-    def encode(self, row, label):
-        enc = self.tokenizer(self.text_of(row), truncation=True, max_length=self.data.max_length, return_tensors="pt")
-        target = self.tokenizer(self.labels.names[label], return_tensors="pt").input_ids
-        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": target}
 
     @torch.no_grad()
     def predict(self, model, rows):
@@ -34,14 +27,21 @@ class Seq2SeqObjective(Objective):
         return predictions
 
 
-class CausalLMObjective(Objective):
+class Seq2SeqObjective(TextToTextObjective):
+    name = "seq2seq"
+    auto_class_name = "AutoModelForSeq2SeqLM"
+    pipeline_task = "text-generation"  # transformers 5 serves encoder-decoders here too
+
+    def encode(self, row, label):
+        enc = self.tokenizer(self.text_of(row), truncation=True, max_length=self.data.max_length, return_tensors="pt")
+        target = self.tokenizer(self.labels.names[label], return_tensors="pt").input_ids
+        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": target}
+
+
+class CausalLMObjective(TextToTextObjective):
     name = "causal-lm"
     auto_class_name = "AutoModelForCausalLM"
     pipeline_task = "text-generation"
-
-    @staticmethod
-    def label_space(data, finetuned_config) -> LabelSpace:
-        return verbalised_label_space(data, finetuned_config)
 
     def encode(self, row, label):
         prompt = self.text_of(row)
@@ -53,5 +53,3 @@ class CausalLMObjective(Objective):
         input_ids = torch.tensor([prompt_ids + completion_ids])
         labels = torch.tensor([[-100] * len(prompt_ids) + completion_ids])
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-
-    predict = Seq2SeqObjective.predict

@@ -130,9 +130,21 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 def build_quickstart_assets(workdir: Path, *, seed: int = 0) -> dict[str, Path]:
     """Build source, source-finetuned, target and data under ``workdir`` (about 20 s on 2 CPU cores)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the build's expected "newly initialized head" reports are noise here
+    hf_logging.disable_progress_bar()
+    try:
+        return _build(Path(workdir), seed)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _build(workdir: Path, seed: int) -> dict[str, Path]:
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-    workdir = Path(workdir)
     tokenizer = word_tokenizer(vocabulary())
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)

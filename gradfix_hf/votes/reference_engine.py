@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError
+from ..errors import DataError, NonFiniteError
 from .votes_file import vote_dtype
 
 AGGREGATIONS = ("majority", "mean")
@@ -43,8 +43,11 @@ def compute_votes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, di
         if aggregation == "mean" else None
     for index, example in enumerate(tqdm(examples, desc=description, disable=not progress, unit="sample")):
         loss = loss_fn(model, example)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise DataError(f"sample {index}: the loss must be a scalar tensor, got {got}.")
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"sample {index}: the loss on the target is {float(loss)} (NaN/inf).")
+            raise NonFiniteError(f"sample {index}: the loss on the target is {float(loss.detach())} (NaN/inf).")
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
         for name, grad in zip(parameter_names, grads):
             if grad is None:

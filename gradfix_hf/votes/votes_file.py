@@ -92,20 +92,36 @@ class VotesFile:
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
         if metadata.get("format") != FORMAT or missing:
             raise VotesFileError(f"{path}: not a gradfix votes file (metadata lacks {missing or ['format']}).")
+        n_samples = metadata["n_samples"]
+        if not n_samples.isdigit() or int(n_samples) < 1:
+            raise VotesFileError(f"{path}: corrupt metadata: n_samples is {n_samples!r}, not a positive integer.")
+        if metadata["aggregation"] not in ("majority", "mean"):
+            raise VotesFileError(f"{path}: corrupt metadata: aggregation is {metadata['aggregation']!r}, "
+                                 "not 'majority' or 'mean'.")
         votes = {k: v for k, v in raw.items() if not k.startswith((ROWS, BITS))}
         evidence = {}
         for key, value in raw.items():
+            if not key.startswith((ROWS, BITS)):
+                continue
+            name = key[len(ROWS):] if key.startswith(ROWS) else key[len(BITS):]
+            if name not in votes:
+                raise VotesFileError(f"{path}: corrupt file: evidence {key!r} for a tensor with no votes.")
+            shape = votes[name].shape
             if key.startswith(ROWS):
-                name = key[len(ROWS):]
-                shape = votes[name].shape
+                if value.dim() != 1 or len(shape) < 1 or value.shape[0] != shape[0]:
+                    raise VotesFileError(f"{path}: corrupt file: evidence {key!r} has shape {list(value.shape)} "
+                                         f"but {name!r} has {list(shape)}.")
                 evidence[name] = value.bool().reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
-            elif key.startswith(BITS):
-                name = key[len(BITS):]
-                bits = np.unpackbits(value.numpy())[: votes[name].numel()]
-                evidence[name] = torch.from_numpy(bits.astype(bool)).reshape(votes[name].shape)
-        bad = [k for k, v in votes.items() if v.is_floating_point()]
+            else:
+                bits = np.unpackbits(value.reshape(-1).numpy()) if value.dtype == torch.uint8 else None
+                if bits is None or bits.size < votes[name].numel():
+                    raise VotesFileError(f"{path}: corrupt file: evidence {key!r} ({value.dtype}, "
+                                         f"{value.numel()} bytes) does not cover the {votes[name].numel()} "
+                                         f"coordinates of {name!r}.")
+                evidence[name] = torch.from_numpy(bits[: votes[name].numel()].astype(bool)).reshape(shape)
+        bad = [k for k, v in votes.items() if v.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64)]
         if bad:
-            raise VotesFileError(f"{path}: votes must be integers; {bad[0]!r} is {votes[bad[0]].dtype}.")
+            raise VotesFileError(f"{path}: votes must be signed integers; {bad[0]!r} is {votes[bad[0]].dtype}.")
         return cls(votes=votes, metadata=metadata, evidence=evidence)
 
     def check_target(self, shapes: dict[str, tuple[int, ...]], *, target: str, commit_hash: Optional[str],
@@ -129,7 +145,8 @@ class VotesFile:
         n = self.n_samples
         limit = n if self.metadata["aggregation"] == "majority" else 1
         for name, v in self.votes.items():
-            if v.numel() and int(v.abs().max()) > limit:
+            # in int64: abs() of the smallest int8/int16 value overflows to itself (abs(-128) == -128 in int8)
+            if v.numel() and int(v.to(torch.int64).abs().max()) > limit:
                 raise VotesFileError(f"{source}: tensor {name!r} has |vote| > {limit} (N={n}): corrupt file.")
 
     def statistics(self, name: str) -> dict:
@@ -138,4 +155,4 @@ class VotesFile:
         ev = self.has_evidence(name)
         return {"positive": float((v > 0).sum()) / numel, "negative": float((v < 0).sum()) / numel,
                 "tie": float(((v == 0) & ev).sum()) / numel, "no_evidence": float((~ev).sum()) / numel,
-                "mean_abs_margin": float(v.abs().float().mean()) / max(self.n_samples, 1)}
+                "mean_abs_margin": float(v.to(torch.int64).abs().float().mean()) / max(self.n_samples, 1)}
