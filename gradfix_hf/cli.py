@@ -19,6 +19,10 @@ def _add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights, loaded with torch.load(weights_only=True)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--vote-engine", choices=("auto", "batched", "reference"),
+                        help="per-sample gradient engine: batched (one backward per micro-batch), reference (the "
+                             "exact one-sample loop) or auto (batched unless the objective is a user callable)")
+    parser.add_argument("--vote-batch-size", type=int, help="micro-batch size of the batched engine (default 16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +72,9 @@ def _load_recipe(args: argparse.Namespace):
     overrides: dict = {}
     if getattr(args, "allow_pickle", False):
         overrides["allow_pickle"] = True
+    for key in ("vote_engine", "vote_batch_size"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
     method = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
               if v is not None}
     if getattr(args, "force", False):
@@ -89,10 +96,13 @@ def format_evaluation(evaluation: Optional[dict]) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .transport import run_recipe
+    from .votes.distributed import launched_rank
 
     recipe = _load_recipe(args)
     result = run_recipe(recipe, args.output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
                         progress=not args.no_progress)
+    if result is None or launched_rank() != 0:  # several processes: the main one wrote the folder and prints
+        return 0
     if args.dry_run:
         print(json.dumps(result, indent=2, default=str))
         print("dry run: recipe, models and data are valid; nothing was computed or written.")
@@ -106,13 +116,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_votes(args: argparse.Namespace) -> int:
     from .transport import compute_recipe_votes, prepare
+    from .votes.distributed import on_main_process, process_context
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise GradFixError(f"{output} already exists (use --overwrite).")
     recipe = _load_recipe(args)
-    votes = compute_recipe_votes(prepare(recipe), progress=not args.no_progress)
-    votes.save(output)
+    votes = compute_recipe_votes(prepare(recipe), progress=not args.no_progress)  # every process takes part
+    context = process_context()
+    on_main_process(context, lambda: votes.save(output))
+    if not context.is_main:
+        return 0
     print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors, "
           f"aggregation={votes.metadata['aggregation']}, target={votes.metadata['target']}")
     return 0
@@ -183,8 +197,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except GradFixError as exc:
-        print(f"gradfix: error: {exc}", file=sys.stderr)
+        from .votes.distributed import launched_rank
+
+        if launched_rank() == 0:  # under a launcher every process fails alike; the main one says why
+            print(f"gradfix: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if args.command in ("run", "votes"):
+            from .votes.distributed import close_process_group
+
+            close_process_group()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "callable")
 MASKS = ("gradfix", "mean", "oracle", "naive")
 NO_EVIDENCE_POLICIES = ("drop", "keep")
 DTYPES = ("float32", "float16", "bfloat16")
+VOTE_ENGINES = ("auto", "batched", "reference")
 
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
@@ -194,6 +195,8 @@ class Recipe:
     trust_remote_code: bool = False
     loss_fn: Optional[Callable] = field(default=None, compare=False, repr=False)
     model_class: Optional[str] = None
+    vote_engine: str = "auto"
+    vote_batch_size: int = 16
 
     def __post_init__(self) -> None:
         specs = {"models": ModelsConfig, "data": DataConfig, "method": MethodConfig,
@@ -203,6 +206,12 @@ class Recipe:
             if value is not None and not isinstance(value, cls):
                 object.__setattr__(self, key, _build(cls, value, key))
         _check_choice(self.objective, OBJECTIVES, "objective")
+        _check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
+        if isinstance(self.vote_batch_size, bool) or not isinstance(self.vote_batch_size, int) or self.vote_batch_size < 1:
+            raise RecipeError(f"vote_batch_size: must be a positive integer, got {self.vote_batch_size!r}.")
+        if self.vote_engine == "batched" and self.objective == "callable":
+            raise RecipeError("vote_engine: 'batched' needs per-sample losses from one batched forward, which a "
+                              "user 'callable' loss does not give; use 'auto' or 'reference'.")
         if self.objective == "callable" and self.loss_fn is None:
             raise RecipeError("objective: 'callable' needs a loss_fn (Python API: Recipe(..., loss_fn=fn)).")
         if self.loss_fn is not None and not callable(self.loss_fn):

@@ -28,7 +28,9 @@ from .objectives import OBJECTIVES, CallableObjective, Objective
 from .output_folder import RECIPE_NAME, atomic_folder, check_destination, read_report, write_model_card, write_report
 from .recipe import Recipe
 from .version import __version__
-from .votes import VotesFile, compute_votes, params_fingerprint
+from .votes import VotesFile, params_fingerprint
+from .votes.distributed import (ProcessContext, VoteEngine, batched_vote_engine, distributed_votes, on_main_process,
+                                process_context, reference_vote_engine)
 
 logger = logging.getLogger("gradfix_hf")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,13 +129,41 @@ def _aggregation(recipe: Recipe) -> str:
     return "mean" if recipe.method.mask == "mean" else "majority"
 
 
+def vote_engine_name(recipe: Recipe, objective: Objective) -> str:
+    """``batched`` (one batched backward per micro-batch) unless the recipe or the objective needs the exact
+    one-sample ``reference`` loop (``vote_engine: reference`` / ``--vote-engine reference``, or a user loss)."""
+    if recipe.vote_engine != "auto":
+        return recipe.vote_engine
+    return "batched" if objective.supports_batching else "reference"
+
+
+def _vote_engine(prepared: PreparedRun, model: torch.nn.Module, context: ProcessContext) -> VoteEngine:
+    """The per-process vote engine (the one place that chooses among engines with the same contract)."""
+    device = context.device if context.distributed else None
+    if vote_engine_name(prepared.recipe, prepared.objective) == "batched":
+        return batched_vote_engine(model, prepared.objective, prepared.plan.transported,
+                                   micro_batch_size=prepared.recipe.vote_batch_size, device=device)
+    return reference_vote_engine(model, prepared.objective.loss, prepared.plan.transported, device=device)
+
+
 def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> VotesFile:
-    """Stage 1: votes of θ_B (fp32, eval mode, with the fine-tune's head) on the recipe's samples."""
+    """Stage 1: votes of θ_B (fp32, eval mode, with the fine-tune's head) on the recipe's samples.
+
+    Under a launcher with several processes (``accelerate launch``, ``torchrun``) every process computes its
+    contiguous shard of the samples and the shards are all-reduced (:mod:`gradfix_hf.votes.distributed`):
+    every process returns the same complete votes; majority votes are bitwise those of one process, mean
+    votes exact up to float summation order. Only the caller decides who writes them (the CLI: the main
+    process).
+    """
     if prepared.samples is None:
         raise RecipeError("data: computing votes needs a data section.")
+    context = process_context()
     model = load_base_model(prepared.plan)
-    votes, evidence = compute_votes(model, prepared.objective.loss, prepared.examples, prepared.plan.transported,
-                                    aggregation=_aggregation(prepared.recipe), progress=progress)
+    batched = vote_engine_name(prepared.recipe, prepared.objective) == "batched"
+    votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
+                                        prepared.voted_shapes, aggregation=_aggregation(prepared.recipe),
+                                        progress=progress, context=context,
+                                        block=prepared.recipe.vote_batch_size if batched else 1)
     target = prepared.models[TARGET]
     metadata = {
         "format": "gradfix-votes", "format_version": "1", "n_samples": str(len(prepared.examples)),
@@ -141,6 +171,7 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         "target": target.name, "target_revision": target.commit_hash or "",
         "data_source": prepared.samples.source, "data_fingerprint": prepared.samples.fingerprint,
         "params_fingerprint": params_fingerprint(prepared.voted_shapes), "library_version": __version__,
+        "engine": vote_engine_name(prepared.recipe, prepared.objective),
     }
     return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
 
@@ -242,8 +273,13 @@ class TransportResult:
 
 def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = None, *,
                votes: Optional[Union[str, os.PathLike]] = None, dry_run: bool = False, overwrite: bool = False,
-               token: Optional[str] = None, progress: bool = True) -> Union[TransportResult, dict]:
-    """Run ``recipe``; returns a :class:`TransportResult` (or, with ``dry_run``, the checked plan as a dict)."""
+               token: Optional[str] = None, progress: bool = True) -> Union[TransportResult, dict, None]:
+    """Run ``recipe``; returns a :class:`TransportResult` (or, with ``dry_run``, the checked plan as a dict).
+
+    Under a launcher with several processes, all of them compute the votes (each its shard of the samples,
+    see :func:`compute_recipe_votes`); then the main process alone evaluates, merges and writes the output
+    folder while the others wait for it and return ``None`` (``dry_run`` returns the plan everywhere).
+    """
     started = time.time()
     destination = output_dir or recipe.output.path
     if destination is not None and not dry_run:
@@ -253,9 +289,21 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     if dry_run:
         return {"ok": True, **prepared.summary()}
     spec = MaskSpec(recipe.method.mask, float(recipe.method.alpha), recipe.method.no_evidence)
+    context = process_context()
     vote_file = None
-    if recipe.needs_votes:
-        vote_file = load_votes_for(prepared, votes_path) if votes_path else compute_recipe_votes(prepared, progress=progress)
+    if recipe.needs_votes and not votes_path:
+        vote_file = compute_recipe_votes(prepared, progress=progress)  # every process takes part
+    return on_main_process(context, lambda: _finish_run(prepared, spec, vote_file, votes_path, destination,
+                                                        overwrite, progress, started))
+
+
+def _finish_run(prepared: PreparedRun, spec: MaskSpec, vote_file: Optional[VotesFile],
+                votes_path: Optional[Union[str, os.PathLike]], destination: Optional[Union[str, os.PathLike]],
+                overwrite: bool, progress: bool, started: float) -> TransportResult:
+    """Evaluation, streaming merge and the output folder (one process)."""
+    recipe = prepared.recipe
+    if recipe.needs_votes and votes_path:
+        vote_file = load_votes_for(prepared, votes_path)
     evaluation = evaluate_methods(prepared, spec, vote_file) if prepared.eval_samples is not None else None
     if destination is None:
         destination = Path(tempfile.mkdtemp(prefix="gradfix-")) / "output"

@@ -49,8 +49,22 @@ def hand_target_model(kind, trio):
     return model.float().eval()
 
 
+NOISE = 2.0 ** -20  # the documented rule: |g| ≤ 2^-20 · max|g| of that sample's tensor is rounding noise → 0
+
+
+def denoise(grad):
+    return torch.where(grad.abs() <= NOISE * grad.abs().max(), torch.zeros_like(grad), grad)
+
+
+def test_noise_rule_is_the_documented_one():
+    from gradfix_hf.votes import NOISE_FLOOR
+
+    assert NOISE_FLOOR == NOISE
+
+
 def hand_gradients(model, loss_of, items, names):
-    """Per-sample gradients of every named parameter (zeros where the graph does not reach it)."""
+    """Per-sample gradients of every named parameter (zeros where the graph does not reach it), with the
+    documented noise rule applied (see :func:`denoise`)."""
     params = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(True)
@@ -60,8 +74,8 @@ def hand_gradients(model, loss_of, items, names):
         loss = loss_of(model, item)
         assert loss.dim() == 0
         loss.backward()
-        per_sample.append({n: torch.zeros_like(params[n]) if params[n].grad is None else params[n].grad.detach().clone()
-                           for n in names})
+        per_sample.append({n: torch.zeros_like(params[n]) if params[n].grad is None
+                           else denoise(params[n].grad.detach().clone()) for n in names})
     model.zero_grad(set_to_none=True)
     return per_sample
 
@@ -89,7 +103,9 @@ def builtin_loss(model, example):
 
 
 def _recipe(kind, trio, **overrides):
+    """These tests pin the exact one-sample engine (tests/test_batched_engine.py covers the batched one)."""
     data = {"samples_per_class": SAMPLES_PER_CLASS[kind], **overrides.pop("data", {})}
+    overrides.setdefault("vote_engine", "reference")
     return Recipe.from_dict(recipe_dict(kind, trio, data=data, **overrides))
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import DataError
 from ..recipe import DataConfig
@@ -55,6 +56,40 @@ class Objective(ABC):
     def loss(self, model: torch.nn.Module, example: dict) -> torch.Tensor:
         """ℓ(θ; x, y) for one sample; the default uses the model's own loss from ``labels``."""
         return model(**example).loss
+
+    supports_batching: bool = True
+
+    def collate(self, examples: list[dict]) -> dict:
+        """Right-pad encoded examples into one batch (padding never changes a sample's loss)."""
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        batch = {}
+        for key in examples[0]:
+            rows = [e[key][0] for e in examples]
+            if rows[0].dim() == 0:  # class labels
+                batch[key] = torch.stack(rows)
+                continue
+            fill = {"input_ids": pad_id, "labels": -100}.get(key, 0)
+            batch[key] = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=fill)
+        return batch
+
+    def batch_losses(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """Per-sample losses [B] from one batched forward: the same numbers as :meth:`loss` per sample."""
+        return token_losses(model(**{k: v for k, v in batch.items() if k != "labels"},
+                                  **self.forward_labels(batch)).logits, batch["labels"], self.shift_labels)
+
+    shift_labels: bool = False
+
+    def forward_labels(self, batch: dict) -> dict:
+        return {}
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Mean token cross-entropy per sample over its non-ignored (-100) label tokens."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return per_token.sum(1) / counts
 
     @abstractmethod
     def predict(self, model: torch.nn.Module, rows: list[dict]) -> list[int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import DataError
 from .base import LabelSpace, Objective
@@ -40,6 +41,13 @@ class SequenceClassificationObjective(Objective):
         example = dict(self._tokenize([row]))
         example["labels"] = torch.tensor([label])
         return example
+
+    def batch_losses(self, model, batch):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        if getattr(model.config, "problem_type", None) not in (None, "single_label_classification"):
+            raise NotImplementedError("batched losses cover single-label classification only")
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
 
     @torch.no_grad()
     def predict(self, model, rows):

@@ -32,6 +32,10 @@ class Seq2SeqObjective(TextToTextObjective):
     auto_class_name = "AutoModelForSeq2SeqLM"
     pipeline_task = "text-generation"  # transformers 5 serves encoder-decoders here too
 
+    def forward_labels(self, batch):
+        # the model builds decoder inputs from the labels (shift right, -100 → pad); padding sits at the end
+        return {"labels": batch["labels"]}
+
     def encode(self, row, label):
         enc = self.tokenizer(self.text_of(row), truncation=True, max_length=self.data.max_length, return_tensors="pt")
         target = self.tokenizer(self.labels.names[label], return_tensors="pt").input_ids
@@ -42,6 +46,7 @@ class CausalLMObjective(TextToTextObjective):
     name = "causal-lm"
     auto_class_name = "AutoModelForCausalLM"
     pipeline_task = "text-generation"
+    shift_labels = True
 
     def encode(self, row, label):
         prompt = self.text_of(row)

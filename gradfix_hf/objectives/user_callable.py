@@ -10,6 +10,7 @@ from .base import LabelSpace, Objective
 class CallableObjective(Objective):
     name = "callable"
     pipeline_task = None
+    supports_batching = False  # an arbitrary per-sample loss: the exact one-sample engine is used
 
     def __init__(self, data, tokenizer, labels, loss_fn, auto_class_name: str = "AutoModel"):
         super().__init__(data, tokenizer, labels)

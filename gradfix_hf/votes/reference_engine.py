@@ -15,6 +15,21 @@ from ..errors import DataError, NonFiniteError
 from .votes_file import vote_dtype
 
 AGGREGATIONS = ("majority", "mean")
+# "sum" is for several processes (votes.distributed): the float Σ_n g_n per parameter instead of votes
+MODES = AGGREGATIONS + ("sum",)
+NOISE_FLOOR = 2.0 ** -20  # |g| ≤ NOISE_FLOOR · max|g| (per sample, per tensor) is rounding noise: no vote
+
+
+def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
+    """Zero the entries of per-sample gradients [c, ...] that are rounding noise of their sample's tensor.
+
+    A gradient that is exactly 0 in exact arithmetic (e.g. an attention key bias, to which softmax is
+    invariant) comes out of float32 as ~1e-14 noise of either sign; voting on it would be a coin flip, and
+    two correct engines would disagree on it. Relative to the sample's largest |g| in the tensor, such noise
+    sits far below 2^-20, while a real gradient component of that size cannot move the loss measurably.
+    """
+    scale = per_sample.abs().flatten(1).amax(1).view(-1, *([1] * (per_sample.dim() - 1)))
+    return torch.where(per_sample.abs() <= NOISE_FLOOR * scale, torch.zeros_like(per_sample), per_sample)
 
 
 def compute_votes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor],
@@ -22,9 +37,10 @@ def compute_votes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, di
                   progress: bool = True, description: str = "votes") -> tuple[dict, dict]:
     """Return ``(votes, evidence)``: integer votes per parameter and, where partial, a bool evidence mask.
 
-    ``aggregation="majority"`` gives v = Σ_n sign(−g_n) (GradFix); ``"mean"`` gives sign(−Σ_n g_n).
+    ``aggregation="majority"`` gives v = Σ_n sign(−g_n) (GradFix); ``"mean"`` gives sign(−Σ_n g_n);
+    ``"sum"`` gives the fp32 gradient sums Σ_n g_n themselves (one process's shard of a "mean" vote).
     """
-    if aggregation not in AGGREGATIONS:
+    if aggregation not in MODES:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     model.eval()
     params = dict(model.named_parameters())
@@ -40,7 +56,7 @@ def compute_votes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, di
     votes = {n: torch.zeros(p.shape, dtype=dtype) for n, p in zip(parameter_names, wanted)}
     evidence = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in zip(parameter_names, wanted)}
     sums: Optional[dict] = {n: torch.zeros(p.shape) for n, p in zip(parameter_names, wanted)} \
-        if aggregation == "mean" else None
+        if aggregation in ("mean", "sum") else None
     for index, example in enumerate(tqdm(examples, desc=description, disable=not progress, unit="sample")):
         loss = loss_fn(model, example)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -55,12 +71,15 @@ def compute_votes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, di
             grad = grad.detach().float().cpu()
             if not torch.isfinite(grad).all():
                 raise NonFiniteError(f"sample {index}: gradient of {name!r} has NaN/inf.")
+            grad = drop_noise(grad.unsqueeze(0))[0]
             evidence[name] |= grad != 0
             if sums is not None:
                 sums[name] += grad
             else:
                 votes[name] -= torch.sign(grad).to(dtype)
-    if sums is not None:
+    if aggregation == "sum":
+        votes = sums
+    elif sums is not None:
         votes = {n: torch.sign(-s).to(dtype) for n, s in sums.items()}
     for p in wanted:
         p.requires_grad_(False)

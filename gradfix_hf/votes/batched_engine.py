@@ -1,0 +1,395 @@
+"""The fast vote engine: per-sample gradient signs from one batched forward+backward per micro-batch.
+
+How: no parameter gets a ``.grad``; instead each supported layer records its input in the forward pass and
+its output gradient in the backward pass, and the per-sample gradients of its weights are formed from those
+two (Opacus-style "grad samplers"), turned into signs and folded into the integer votes at once:
+
+* ``nn.Linear`` / GPT-2 ``Conv1D``: Σ_t δ_{n,t} ⊗ a_{n,t} (one einsum over the micro-batch),
+* ``nn.Embedding``: per-sample rows, sparse: only rows a sample's tokens touch get a vote (and evidence),
+  ``padding_idx`` excluded exactly as PyTorch's backward does,
+* ``nn.LayerNorm``: Σ_t δ ⊙ x̂ and Σ_t δ,
+* ``nn.Conv2d`` (patch embeddings): unfold + einsum,
+* any other module owning a voted parameter and taking one batched tensor (RMSNorm, T5LayerNorm, CLIP
+  embeddings, ...): ``torch.func.vmap(grad(...))`` over that module alone,
+* whatever is left (e.g. a shared relative-position bias computed without a batch dimension): the exact
+  one-sample loop, restricted to those parameters.
+
+Parameters used by several modules (tied embeddings / LM head) sum their per-sample contributions before the
+sign. Position embeddings looked up once for the whole batch ([1, T]) are expanded to [B, T] so each sample
+gets its own gradient. Right padding with attention masks leaves a sample's gradient unchanged up to float
+noise, so the result equals the reference loop except on coordinates whose gradient is within rounding of 0.
+
+Why hooks rather than Opacus or ``torch.func`` on the whole model: Opacus materialises ``grad_sample`` for
+every parameter of the batch at once (B copies of the gradient, which GradFix must never hold) and does not
+sum tied weights' contributions per sample; ``vmap`` over a whole Hugging Face model fails on data-dependent
+Python control flow in their forward passes. Hooks keep at most one layer's per-sample gradients alive.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import NonFiniteError
+from .reference_engine import MODES, NOISE_FLOOR, drop_noise
+from .votes_file import vote_dtype
+
+try:  # GPT-2 style Conv1D (weight stored as [in, out])
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover
+    Conv1D = ()
+
+CHUNK_ELEMENTS = 1 << 25  # per-sample gradients materialised at once: ~128 MB of fp32
+
+
+class _Fold:
+    """Integer votes (or float sums for ``mean``) and evidence, updated from per-sample gradients."""
+
+    def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str):
+        self.dtype = vote_dtype(n_samples)
+        self.aggregation = aggregation
+        self.mean = aggregation in ("mean", "sum")
+        self.votes = {n: torch.zeros(p.shape, dtype=torch.int32, device=p.device) for n, p in params.items()}
+        self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
+        self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
+
+    def dense(self, name: str, per_sample: torch.Tensor) -> None:
+        """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``."""
+        if not torch.isfinite(per_sample).all():
+            raise NonFiniteError(f"gradient of {name!r} has NaN/inf.")
+        per_sample = drop_noise(per_sample)
+        self.evidence[name] |= (per_sample != 0).any(0)
+        if self.mean:
+            self.sums[name] += per_sample.sum(0)
+        else:
+            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32)
+
+    def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
+        """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
+        if not torch.isfinite(per_sample_rows).all():
+            raise NonFiniteError(f"gradient of {name!r} has NaN/inf.")
+        magnitude = per_sample_rows.abs().flatten(1).amax(1)
+        scale = torch.zeros(int(samples.max()) + 1 if len(samples) else 0, device=magnitude.device)
+        scale = scale.scatter_reduce_(0, samples, magnitude, "amax")
+        limit = (NOISE_FLOOR * scale[samples]).view(-1, *([1] * (per_sample_rows.dim() - 1)))
+        per_sample_rows = torch.where(per_sample_rows.abs() <= limit, torch.zeros_like(per_sample_rows), per_sample_rows)
+        unique, inverse = torch.unique(row_ids, return_inverse=True)
+        width = per_sample_rows.shape[1:]
+        device = per_sample_rows.device
+        touched = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
+        touched.index_add_(0, inverse, (per_sample_rows != 0).int())
+        self.evidence[name][unique] |= touched > 0
+        if self.mean:
+            self.sums[name].index_add_(0, row_ids, per_sample_rows)
+        else:
+            signs = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
+            signs.index_add_(0, inverse, torch.sign(per_sample_rows).int())
+            self.votes[name][unique] -= signs
+
+    def result(self) -> tuple[dict, dict]:
+        if self.aggregation == "sum":  # one process's shard of a distributed "mean" vote
+            votes = {n: s.cpu() for n, s in self.sums.items()}
+        elif self.mean:
+            votes = {n: torch.sign(-s).to(self.dtype).cpu() for n, s in self.sums.items()}
+        else:
+            votes = {n: v.to(self.dtype).cpu() for n, v in self.votes.items()}
+        partial = {n: ev.cpu() for n, ev in self.evidence.items() if not bool(ev.all())}
+        return votes, partial
+
+
+def _flat(x: torch.Tensor, batch: int, last: int) -> torch.Tensor:
+    return x.reshape(batch, -1, last)
+
+
+def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Dense per-sample gradient [c, *param.shape] of ``module.<pname>`` for samples ``rows``."""
+    b = x.shape[0]
+    if isinstance(module, nn.Linear):
+        gf = _flat(g, b, module.out_features)[rows]
+        if pname == "bias":
+            return gf.sum(1)
+        return torch.einsum("bto,bti->boi", gf, _flat(x, b, module.in_features)[rows].to(gf.dtype))
+    if Conv1D and isinstance(module, Conv1D):
+        gf = _flat(g, b, module.nf)[rows]
+        if pname == "bias":
+            return gf.sum(1)
+        return torch.einsum("bti,bto->bio", _flat(x, b, module.weight.shape[0])[rows].to(gf.dtype), gf)
+    if isinstance(module, nn.LayerNorm):
+        shape = module.normalized_shape
+        gf = g.reshape(b, -1, *shape)[rows]
+        if pname == "bias":
+            return gf.sum(1)
+        xhat = F.layer_norm(x[rows].float(), shape, eps=module.eps).reshape(gf.shape)
+        return (gf * xhat).sum(1)
+    if isinstance(module, nn.Embedding):
+        ids = x[rows].reshape(x[rows].shape[0], -1)
+        gf = g[rows].reshape(ids.shape[0], -1, module.embedding_dim)
+        if module.padding_idx is not None:
+            gf = gf * (ids != module.padding_idx).unsqueeze(-1)
+        out = torch.zeros(ids.shape[0], module.num_embeddings, module.embedding_dim, dtype=gf.dtype, device=gf.device)
+        return out.scatter_add_(1, ids.unsqueeze(-1).expand_as(gf), gf)
+    if isinstance(module, nn.Conv2d):
+        gf = g[rows]
+        if pname == "bias":
+            return gf.sum((2, 3))
+        cols = F.unfold(x[rows].to(gf.dtype), module.kernel_size, module.dilation, module.padding, module.stride)
+        grad = torch.einsum("bol,bil->boi", gf.flatten(2), cols)
+        return grad.reshape(gf.shape[0], *module.weight.shape)
+    return _functional_per_sample(module, pname, x[rows], g[rows])
+
+
+def _functional_per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Exact per-sample gradient of any single-input module via ``torch.func`` on that module alone."""
+    from torch.func import functional_call, grad, vmap
+
+    def inner(value, x_n, g_n):
+        out = functional_call(module, {pname: value}, (x_n.unsqueeze(0),))
+        return (out * g_n.unsqueeze(0)).sum()
+
+    return vmap(grad(inner), in_dims=(None, 0, 0))(getattr(module, pname).detach(), x, g)
+
+
+RULE_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Conv2d) + ((Conv1D,) if Conv1D else ())
+
+
+def _rule_applies(module: nn.Module) -> bool:
+    if isinstance(module, nn.Embedding):
+        return module.max_norm is None and not module.scale_grad_by_freq and not module.sparse
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+    return isinstance(module, RULE_TYPES)
+
+
+class _Recorder:
+    """Forward/backward hooks that turn each call of a hooked module into per-sample gradient factors."""
+
+    def __init__(self, owners: dict[nn.Module, list[tuple[str, str]]]):
+        self.owners = owners  # module -> [(param attribute, vote name)]
+        self.calls: dict[nn.Module, list[tuple]] = defaultdict(list)  # probe: (input dim0, output dim0)
+        self.batch = 0
+        self.mode = "probe"
+        self.classes: dict[tuple[int, int], str] = {}
+        self.on_factor: Optional[Callable] = None
+        self.handles = [m.register_forward_hook(self._forward, with_kwargs=True) for m in owners]
+        self.enabled = True
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _forward(self, module, args, kwargs, output):
+        if not self.enabled or not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+            if self.mode == "probe" and self.enabled:
+                self.calls[module].append(("untraceable",))
+            return None
+        x = args[0]
+        index = len(self.calls[module])
+        self.calls[module].append((x.shape[0] if x.dim() else -1, output.shape[0] if output.dim() else -1,
+                                   len(args) == 1 and not kwargs))
+        if self.mode == "probe":
+            return None
+        kind = self.classes.get((id(module), index), "unsupported")
+        if kind == "unsupported":
+            return None
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        if kind == "broadcast":
+            output = output.expand(self.batch, *output.shape[1:])
+        saved = x.detach()
+        output.register_hook(lambda grad, m=module, s=saved: self.on_factor(m, s if kind == "batched"
+                                                                             else s.expand(self.batch, *s.shape[1:]),
+                                                                             grad))
+        return output
+
+
+def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict], parameter_names: Sequence[str], *,
+                          aggregation: str = "majority", micro_batch_size: int = 16, progress: bool = True,
+                          description: str = "votes", details: Optional[dict] = None) -> tuple[dict, dict]:
+    """Same contract as :func:`~gradfix_hf.votes.reference_engine.compute_votes`, from batched passes.
+
+    ``objective`` provides ``collate(examples)``, ``batch_losses(model, batch) -> [B]`` and ``loss(model, ex)``.
+    ``details``, if given, is filled with how each parameter was handled: ``rule`` (a layer rule),
+    ``functional`` (torch.func on its module), ``broadcast`` (a [1, T] lookup expanded per sample) and
+    ``exact_fallback`` (the one-sample loop).
+    """
+    if aggregation not in MODES:
+        raise ValueError(f"aggregation must be one of {MODES}, got {aggregation!r}")
+    model.eval()
+    params = dict(model.named_parameters())
+    missing = [n for n in parameter_names if n not in params]
+    if missing:
+        raise KeyError(f"parameters not in the model: {missing[:3]}")
+    wanted = {id(params[n]): n for n in parameter_names}
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    owners: dict[nn.Module, list[tuple[str, str]]] = defaultdict(list)
+    for module in model.modules():
+        for pname, p in module._parameters.items():
+            if p is not None and id(p) in wanted:
+                owners[module].append((pname, wanted[id(p)]))
+    fold = _Fold({n: params[n] for n in parameter_names}, len(examples), aggregation)
+    recorder = _Recorder(owners)
+    try:
+        classes, fallback = _probe(model, objective, examples, recorder, owners)
+        recorder.classes = classes
+        contributions = defaultdict(int)
+        for (mid, _), kind in classes.items():
+            if kind != "unsupported":
+                for _, name in owners[_module_by_id(owners, mid)]:
+                    if name not in fallback:
+                        contributions[name] += 1
+        if details is not None:
+            details.update(_describe(classes, owners, fallback))
+        _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size,
+                     progress, description)
+    finally:
+        recorder.close()
+    if fallback:
+        _exact_fallback(model, objective, examples, [params[n] for n in fallback], fallback, fold, progress)
+    return fold.result()
+
+
+def _describe(classes, owners, fallback) -> dict:
+    out = {"rule": set(), "functional": set(), "broadcast": set(), "exact_fallback": set(fallback)}
+    for (mid, _), kind in classes.items():
+        module = _module_by_id(owners, mid)
+        for _, name in owners[module]:
+            if name in fallback:
+                continue
+            out["broadcast" if kind == "broadcast" else "rule" if _rule_applies(module) else "functional"].add(name)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _on_device(batch, device):
+    """A collated batch or an example with its tensors on the model's device."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _module_by_id(owners, mid):
+    return next(m for m in owners if id(m) == mid)
+
+
+@torch.no_grad()
+def _probe(model, objective, examples, recorder, owners) -> tuple[dict, list[str]]:
+    """Classify every hooked module call: per-sample ('batched'), once per batch ('broadcast') or neither."""
+    sizes = [b for b in (2, 3) if b <= len(examples)] or [len(examples)]
+    seen: list[dict] = []
+    for size in sizes:
+        recorder.calls.clear()
+        recorder.mode = "probe"
+        objective.batch_losses(model, _on_device(objective.collate(list(examples[:size])), _device(model)))
+        seen.append({m: list(c) for m, c in recorder.calls.items()})
+    classes: dict[tuple[int, int], str] = {}
+    bad_modules = set()
+    for module in owners:
+        runs = [s.get(module, []) for s in seen]
+        if not any(runs):
+            continue  # never called (e.g. the `shared` embedding whose weight the encoder/decoder reuse)
+        if any(len(r) != len(runs[0]) for r in runs):
+            bad_modules.add(module)
+            continue
+        for index in range(len(runs[0])):
+            calls = [r[index] for r in runs]
+            single_input = all(len(c) == 3 and c[2] for c in calls)
+            rule = _rule_applies(module)
+            if not (rule or single_input):
+                kind = "unsupported"
+            elif all(c[0] == size and c[1] == size for c, size in zip(calls, sizes)):
+                kind = "batched"
+            elif all(c[0] == 1 and c[1] == 1 for c in calls) and isinstance(module, nn.Embedding) and sizes[-1] > 1:
+                kind = "broadcast"
+            else:
+                kind = "unsupported"
+            classes[(id(module), index)] = kind
+            if kind == "unsupported":
+                bad_modules.add(module)
+    fallback = sorted({name for m in bad_modules for _, name in owners[m]})
+    for module in bad_modules:  # a parameter with any unsupported use goes wholly to the exact fallback
+        for key in [k for k in classes if k[0] == id(module)]:
+            classes[key] = "unsupported"
+    return classes, fallback
+
+
+def _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size, progress,
+                 description):
+    pending: dict[str, list] = defaultdict(list)
+
+    def on_factor(module, x, grad):
+        for pname, name in owners[module]:
+            if contributions.get(name, 0) == 0:
+                continue
+            pending[name].append((module, pname, x, grad.detach()))
+            if len(pending[name]) == contributions[name]:
+                _fold_factors(name, pending.pop(name), fold)
+
+    recorder.on_factor = on_factor
+    recorder.mode = "run"
+    bar = tqdm(total=len(examples), desc=description, disable=not progress, unit="sample")
+    for start in range(0, len(examples), micro_batch_size):
+        chunk = list(examples[start:start + micro_batch_size])
+        recorder.calls.clear()
+        recorder.batch = len(chunk)
+        losses = objective.batch_losses(model, _on_device(objective.collate(chunk), _device(model)))
+        if not torch.isfinite(losses).all():
+            bad = int((~torch.isfinite(losses)).nonzero()[0]) + start
+            raise NonFiniteError(f"sample {bad}: the loss on the target is NaN/inf.")
+        if losses.requires_grad:
+            losses.sum().backward()
+        if pending:
+            raise RuntimeError(f"internal: gradients of {sorted(pending)[:3]} did not all arrive")
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _fold_factors(name: str, factors: list, fold: _Fold) -> None:
+    """Per-sample gradients of one parameter from all its uses in this micro-batch, folded in chunks."""
+    batch = factors[0][2].shape[0]
+    if len(factors) == 1 and isinstance(factors[0][0], nn.Embedding):
+        module, _, ids, grad = factors[0]
+        ids = ids.reshape(batch, -1)
+        grad = grad.reshape(batch, -1, module.embedding_dim)
+        keep = ids != module.padding_idx if module.padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
+        sample = torch.arange(batch, device=ids.device).unsqueeze(1).expand_as(ids)
+        keys = (sample * module.num_embeddings + ids)[keep]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        rows = torch.zeros(len(unique), module.embedding_dim, dtype=torch.float32, device=grad.device)
+        rows.index_add_(0, inverse, grad[keep].float())
+        fold.rows(name, unique % module.num_embeddings, rows, unique // module.num_embeddings)
+        return
+    numel = factors[0][0]._parameters[factors[0][1]].numel()
+    step = max(1, CHUNK_ELEMENTS // max(numel, 1))
+    for lo in range(0, batch, step):
+        rows = slice(lo, min(batch, lo + step))
+        total = None
+        for module, pname, x, grad in factors:
+            part = _per_sample(module, pname, x, grad, rows).float()
+            total = part if total is None else total + part
+        fold.dense(name, total)
+
+
+def _exact_fallback(model, objective, examples, tensors, names, fold, progress) -> None:
+    """One sample at a time, for the parameters no batched rule can split per sample."""
+    for p in tensors:
+        p.requires_grad_(True)
+    try:
+        for index, example in enumerate(tqdm(examples, desc="votes (exact fallback)", disable=not progress,
+                                             unit="sample")):
+            loss = objective.loss(model, _on_device(example, _device(model)))
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"sample {index}: the loss on the target is NaN/inf.")
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            for name, g in zip(names, grads):
+                if g is not None:
+                    fold.dense(name, g.detach().float().unsqueeze(0))
+    finally:
+        for p in tensors:
+            p.requires_grad_(False)

@@ -1,0 +1,341 @@
+"""Stage 1 over several processes (``accelerate launch``, ``torchrun``, MPI): shard the samples, all-reduce.
+
+Every process loads θ_B, computes the votes of its own shard of the samples with a per-process *engine*
+(the exact reference engine by default; any function with the same contract can be plugged in), and the
+shards are combined with collective operations, so every process ends with the same full result:
+
+- **Sharding** is deterministic and contiguous: with N samples and W processes, process r takes samples
+  ``[r·q + min(r, N mod W), (r+1)·q + min(r+1, N mod W))`` with q = N // W (the first N mod W processes take
+  one extra sample; the same split as ``accelerate``'s ``split_between_processes``). A process whose shard
+  is empty (W > N) still takes part in every collective operation, with zero votes and no evidence.
+- **Majority votes** (``aggregation="majority"``) are integer sums of signs. Each shard's votes are widened
+  to int32, summed over processes, and only then narrowed to ``vote_dtype(N)`` of the *total* N (a shard
+  of 64 samples fits int8 though the total of 130 needs int16). Integer sums are exact: the votes are
+  bitwise those of one process computing the same per-sample gradient signs.
+- **Mean votes** (``aggregation="mean"``) need the float sum Σ_n g_n before the sign. Each shard's sum
+  (accumulated in fp32 in sample order by the reference engine) is widened to float64 and summed over
+  processes. Float addition is not associative, so mean votes are exact only up to summation order: a
+  coordinate whose summed gradient is within float32 rounding of zero (roughly
+  |Σ_n g_n| ≤ N·2⁻²⁴·Σ_n |g_n|) can get another sign, or 0 instead of ±1, than one process gives;
+  elsewhere the votes are those of one process. (On the tests' tiny models no coordinate is that close,
+  and the mean votes of 1 and 3 processes are bitwise equal; that is an observation, not a guarantee.)
+- **Evidence** (a coordinate touched by some sample's nonzero gradient) is a logical OR over processes.
+  A tensor missing from a shard's partial evidence means "every coordinate has evidence" on that shard,
+  hence in the result; only tensors partial on every process are reduced (as uint8, MAX).
+- **Errors** on one process (a NaN loss in its shard, a loss that is not a scalar, ...) are shared before
+  any reduction: every process raises, the one that failed with its own error, the others with a
+  ``GradFixError`` naming it, so no process waits forever in a collective.
+
+Device: with several processes each one computes on ``PartialState().device`` (its GPU under a multi-GPU
+launch, the CPU otherwise). A single process without a launcher computes on the CPU as before: no process
+group is created and nothing here needs CUDA. Per-sample gradient signs are computed in floating point, so
+two runs on different hardware (CPU vs GPU, or other BLAS kernels) may disagree on coordinates whose
+gradient is rounding noise; "bitwise identical" above is for the same kind of device.
+
+Launch: ``accelerate launch --multi_gpu --num_processes 2 -m gradfix_hf votes RECIPE -o FILE`` (on a
+machine without GPUs this runs two CPU processes over gloo; ``accelerate launch --cpu`` with several
+processes needs MPI), or ``torchrun --nproc_per_node 2 -m gradfix_hf votes ...``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..errors import GradFixError
+from .reference_engine import AGGREGATIONS, compute_votes
+from .votes_file import vote_dtype
+
+#: A per-process vote engine: ``engine(examples, aggregation, progress) -> (votes, partial_evidence)``.
+#: ``examples`` is this process's shard (never empty). ``aggregation`` is "majority" (integer votes), "mean"
+#: (sign votes; only used by a single process) or "sum" (float Σ_n g_n per parameter, for "mean" over
+#: several processes). ``partial_evidence`` holds a bool mask only for tensors where some coordinate got no
+#: gradient. Build one with :func:`reference_vote_engine`; a faster engine only needs the same signature.
+VoteEngine = Callable[[Sequence[Any], str, bool], tuple[dict, dict]]
+
+logger = logging.getLogger("gradfix_hf")
+_RANK_VARIABLES = ["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"]
+_WORLD_VARIABLES = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
+_created_group = False
+
+
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """The contiguous block of sample indices of process ``rank`` among ``world`` (empty when rank ≥ n)."""
+    if world < 1 or not 0 <= rank < world or n < 0:
+        raise ValueError(f"need 0 <= rank < world and n >= 0, got n={n}, rank={rank}, world={world}")
+    q, extra = divmod(n, world)
+    start = rank * q + min(rank, extra)
+    return range(start, start + q + (1 if rank < extra else 0))
+
+
+def _first_int(names: Sequence[str], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def launched_rank() -> int:
+    """This process's rank as a launcher set it in the environment (0 without a launcher, or for one process)."""
+    return _first_int(_RANK_VARIABLES, 0) if _first_int(_WORLD_VARIABLES, 1) > 1 else 0
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class ProcessContext:
+    """Where this process stands: rank, world size, its device, and the few collectives stage 1 needs."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` over processes (on this process's device) and return the result on the CPU."""
+        if not self.distributed:
+            return tensor
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+        buffer = tensor.to(self.device, copy=True).contiguous()
+        torch.distributed.all_reduce(buffer, op=ops[op])
+        return buffer.cpu()
+
+    def all_gather_object(self, obj: Any) -> list:
+        if not self.distributed:
+            return [obj]
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The main process's ``obj`` on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def process_context() -> ProcessContext:
+    """The current process's context from ``accelerate.PartialState``.
+
+    Without a launcher this is rank 0 of 1 on the CPU, and no process group is created. Under a launcher,
+    PartialState creates the process group (NCCL on GPUs; gloo on CPUs, which is chosen when
+    ``ACCELERATE_USE_CPU`` is set or the machine has no accelerator).
+    """
+    global _created_group
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not _has_accelerator())
+    if not had_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+        _created_group = True
+    if state.num_processes <= 1:
+        launched = _first_int(_WORLD_VARIABLES, 1)
+        if launched > 1:
+            logger.warning("launched as one of %d processes, but accelerate's state is single-process (was an "
+                           "Accelerator or PartialState created earlier with cpu=False on a machine without "
+                           "GPUs?): this process computes the votes of every sample on its own.", launched)
+        return ProcessContext()
+    return ProcessContext(rank=state.process_index, world=state.num_processes, device=torch.device(state.device))
+
+
+def close_process_group() -> None:
+    """Destroy the process group if :func:`process_context` created one (at the end of a CLI command)."""
+    global _created_group
+    if _created_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _created_group = False
+
+
+def on_main_process(context: ProcessContext, work: Callable[[], Any]) -> Any:
+    """Run ``work`` on the main process only; the others wait for it and return None.
+
+    The outcome is shared: if ``work`` fails on the main process it re-raises there, and every other
+    process raises a :class:`GradFixError` saying so (instead of returning as if all went well).
+    """
+    if not context.distributed:
+        return work()
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except BaseException as exc:  # shared with the other processes, then re-raised
+            failure = exc
+    message = context.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise GradFixError(f"the main process failed: {message}")
+    return result
+
+
+def reference_vote_engine(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+                          parameter_names: Sequence[str], *, device: Optional[torch.device] = None,
+                          description: str = "votes") -> VoteEngine:
+    """The exact one-sample-at-a-time engine (:func:`compute_votes`) as a :data:`VoteEngine`.
+
+    With ``device``, the model is moved there and each example's tensors are sent there before its loss.
+    """
+    loss = loss_fn
+    if device is not None:
+        from accelerate.utils import send_to_device
+
+        model = model.to(device)
+
+        def loss(m, example):  # the same loss, with the example on the model's device
+            return loss_fn(m, send_to_device(example, device))
+
+    def engine(examples: Sequence[Any], aggregation: str, progress: bool) -> tuple[dict, dict]:
+        return compute_votes(model, loss, examples, parameter_names, aggregation=aggregation,
+                             progress=progress, description=description)
+
+    return engine
+
+
+def batched_vote_engine(model: torch.nn.Module, objective: Any, parameter_names: Sequence[str], *,
+                        micro_batch_size: int = 16, device: Optional[torch.device] = None,
+                        description: str = "votes") -> VoteEngine:
+    """The batched engine (:func:`~gradfix_hf.votes.batched_engine.compute_votes_batched`) as a
+    :data:`VoteEngine`. With ``device`` the model is moved there; the engine sends each batch to it."""
+    from .batched_engine import compute_votes_batched
+
+    if device is not None:
+        model = model.to(device)
+
+    def engine(examples: Sequence[Any], aggregation: str, progress: bool) -> tuple[dict, dict]:
+        return compute_votes_batched(model, objective, examples, parameter_names, aggregation=aggregation,
+                                     micro_batch_size=micro_batch_size, progress=progress, description=description)
+
+    return engine
+
+
+def reduce_votes(votes: dict[str, torch.Tensor], evidence: dict[str, torch.Tensor], *, n_samples: int,
+                 aggregation: str = "majority", context: Optional[ProcessContext] = None,
+                 names: Optional[Sequence[str]] = None) -> tuple[dict, dict]:
+    """Combine every process's shard result into the votes of all ``n_samples`` samples.
+
+    ``votes`` are this shard's integer votes ("majority") or float gradient sums Σ g ("mean");
+    ``evidence`` its partial evidence masks (a tensor absent means full evidence on this shard). Returns
+    ``(votes in vote_dtype(n_samples), evidence only for tensors partial on every process)``, the same on
+    every process. ``names`` fixes the order of the collectives (default: sorted names), which must be the
+    same on every process.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    context = context or ProcessContext()
+    names = list(names) if names is not None else sorted(votes)
+    dtype = vote_dtype(n_samples)
+    reduced = {}
+    for name in names:
+        if aggregation == "majority":
+            if votes[name].is_floating_point():
+                raise TypeError(f"majority votes must be integers; {name!r} is {votes[name].dtype}")
+            total = context.all_reduce(votes[name].to(torch.int32), "sum")
+            reduced[name] = total.to(dtype)
+        else:
+            total = context.all_reduce(votes[name].to(torch.float64), "sum")
+            reduced[name] = torch.sign(-total).to(dtype)
+    partial_here = torch.tensor([int(name in evidence and not bool(evidence[name].all())) for name in names],
+                                dtype=torch.int32)
+    # a tensor has full evidence in the result if it has it on any process: reduce the "full" flags
+    full_anywhere = context.all_reduce(1 - partial_here, "max")
+    merged = {}
+    for name, full in zip(names, full_anywhere.tolist()):
+        if full:
+            continue
+        ev = context.all_reduce(evidence[name].to(torch.uint8), "max").bool()
+        if not bool(ev.all()):
+            merged[name] = ev
+    return reduced, merged
+
+
+def _empty_shard(shapes: dict[str, Sequence[int]], aggregation: str) -> tuple[dict, dict]:
+    dtype = torch.int32 if aggregation == "majority" else torch.float64
+    votes = {name: torch.zeros(tuple(shape), dtype=dtype) for name, shape in shapes.items()}
+    evidence = {name: torch.zeros(tuple(shape), dtype=torch.bool) for name, shape in shapes.items()}
+    return votes, evidence
+
+
+def _share_errors(context: ProcessContext, error: Optional[BaseException]) -> None:
+    """Raise on every process if the engine failed on any (a failed process re-raises its own error)."""
+    messages = context.all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
+    if not failed:
+        return
+    if error is not None:
+        raise error
+    rank, msg = failed[0]
+    raise GradFixError(f"votes failed on process {rank} of {context.world}: {msg}")
+
+
+def shard_in_blocks(n: int, rank: int, world: int, block: int = 1) -> range:
+    """Like :func:`shard_indices`, but over whole blocks of ``block`` samples (the last may be shorter).
+
+    The batched engine pads each micro-batch to its longest sample, so a gradient that is rounding noise
+    depends on which samples share its micro-batch. Sharding whole micro-batches keeps every micro-batch the
+    same whatever the number of processes, which is what makes the votes bitwise identical.
+    """
+    blocks = shard_indices(-(-n // block) if n else 0, rank, world)
+    return range(min(n, blocks.start * block), min(n, blocks.stop * block))
+
+
+def distributed_votes(engine: VoteEngine, examples: Sequence[Any], shapes: dict[str, Sequence[int]], *,
+                      aggregation: str = "majority", progress: bool = True,
+                      context: Optional[ProcessContext] = None, block: int = 1) -> tuple[dict, dict]:
+    """Votes of all ``examples`` with this process computing its shard through ``engine``.
+
+    ``block``: shards are made of whole blocks of that many consecutive samples (the batched engine's
+    micro-batch size; 1 for the one-sample engine), see :func:`shard_in_blocks`.
+
+    ``shapes`` maps every voted parameter to its shape (for an empty shard, and the order of collectives).
+    With one process this is just ``engine(examples, aggregation, progress)``. With several, the result
+    (the same on every process) follows the module docstring: majority votes bitwise those of one process,
+    mean votes exact up to float summation order. Progress bars are shown by the main process only.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    context = context or process_context()
+    if not context.distributed:
+        return engine(examples, aggregation, progress)
+    shard = shard_in_blocks(len(examples), context.rank, context.world, block)
+    error: Optional[BaseException] = None
+    votes = evidence = None
+    try:
+        if len(shard):
+            mode = "majority" if aggregation == "majority" else "sum"
+            votes, evidence = engine([examples[i] for i in shard], mode, progress and context.is_main)
+        else:
+            votes, evidence = _empty_shard(shapes, aggregation)
+        missing = sorted(set(shapes) - set(votes))
+        if missing:
+            raise GradFixError(f"internal: the vote engine returned no votes for {missing[:3]}")
+    except Exception as exc:  # shared below so no process is left waiting in a collective
+        if isinstance(exc, GradFixError) and len(shard):
+            exc = type(exc)(f"process {context.rank} of {context.world}, samples {shard.start}–{shard.stop - 1} "
+                            f"of {len(examples)} ('sample i' below is sample {shard.start}+i): {exc}")
+        error = exc
+    _share_errors(context, error)
+    return reduce_votes(votes, evidence, n_samples=len(examples), aggregation=aggregation, context=context,
+                        names=list(shapes))
