@@ -35,8 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError
-from .reference_engine import MODES, NOISE_FLOOR, drop_noise
-from .votes_file import vote_dtype
+from .fold import VoteFold, voted_parameters
+from .reference_engine import fold_one_at_a_time
 
 try:  # GPT-2 style Conv1D (weight stored as [in, out])
     from transformers.pytorch_utils import Conv1D
@@ -44,61 +44,6 @@ except ImportError:  # pragma: no cover
     Conv1D = ()
 
 CHUNK_ELEMENTS = 1 << 25  # per-sample gradients materialised at once: ~128 MB of fp32
-
-
-class _Fold:
-    """Integer votes (or float sums for ``mean``) and evidence, updated from per-sample gradients."""
-
-    def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str):
-        self.dtype = vote_dtype(n_samples)
-        self.aggregation = aggregation
-        self.mean = aggregation in ("mean", "sum")
-        self.votes = {n: torch.zeros(p.shape, dtype=torch.int32, device=p.device) for n, p in params.items()}
-        self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
-        self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
-
-    def dense(self, name: str, per_sample: torch.Tensor) -> None:
-        """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``."""
-        if not torch.isfinite(per_sample).all():
-            raise NonFiniteError(f"gradient of {name!r} has NaN/inf.")
-        per_sample = drop_noise(per_sample)
-        self.evidence[name] |= (per_sample != 0).any(0)
-        if self.mean:
-            self.sums[name] += per_sample.sum(0)
-        else:
-            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32)
-
-    def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
-        """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
-        if not torch.isfinite(per_sample_rows).all():
-            raise NonFiniteError(f"gradient of {name!r} has NaN/inf.")
-        magnitude = per_sample_rows.abs().flatten(1).amax(1)
-        scale = torch.zeros(int(samples.max()) + 1 if len(samples) else 0, device=magnitude.device)
-        scale = scale.scatter_reduce_(0, samples, magnitude, "amax")
-        limit = (NOISE_FLOOR * scale[samples]).view(-1, *([1] * (per_sample_rows.dim() - 1)))
-        per_sample_rows = torch.where(per_sample_rows.abs() <= limit, torch.zeros_like(per_sample_rows), per_sample_rows)
-        unique, inverse = torch.unique(row_ids, return_inverse=True)
-        width = per_sample_rows.shape[1:]
-        device = per_sample_rows.device
-        touched = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
-        touched.index_add_(0, inverse, (per_sample_rows != 0).int())
-        self.evidence[name][unique] |= touched > 0
-        if self.mean:
-            self.sums[name].index_add_(0, row_ids, per_sample_rows)
-        else:
-            signs = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
-            signs.index_add_(0, inverse, torch.sign(per_sample_rows).int())
-            self.votes[name][unique] -= signs
-
-    def result(self) -> tuple[dict, dict]:
-        if self.aggregation == "sum":  # one process's shard of a distributed "mean" vote
-            votes = {n: s.cpu() for n, s in self.sums.items()}
-        elif self.mean:
-            votes = {n: torch.sign(-s).to(self.dtype).cpu() for n, s in self.sums.items()}
-        else:
-            votes = {n: v.to(self.dtype).cpu() for n, v in self.votes.items()}
-        partial = {n: ev.cpu() for n, ev in self.evidence.items() if not bool(ev.all())}
-        return votes, partial
 
 
 def _flat(x: torch.Tensor, batch: int, last: int) -> torch.Tensor:
@@ -216,23 +161,15 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
     ``functional`` (torch.func on its module), ``broadcast`` (a [1, T] lookup expanded per sample) and
     ``exact_fallback`` (the one-sample loop).
     """
-    if aggregation not in MODES:
-        raise ValueError(f"aggregation must be one of {MODES}, got {aggregation!r}")
-    model.eval()
-    params = dict(model.named_parameters())
-    missing = [n for n in parameter_names if n not in params]
-    if missing:
-        raise KeyError(f"parameters not in the model: {missing[:3]}")
-    wanted = {id(params[n]): n for n in parameter_names}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    params = voted_parameters(model, parameter_names, aggregation)
+    wanted = {id(p): n for n, p in params.items()}
 
     owners: dict[nn.Module, list[tuple[str, str]]] = defaultdict(list)
     for module in model.modules():
         for pname, p in module._parameters.items():
             if p is not None and id(p) in wanted:
                 owners[module].append((pname, wanted[id(p)]))
-    fold = _Fold({n: params[n] for n in parameter_names}, len(examples), aggregation)
+    fold = VoteFold(params, len(examples), aggregation)
     recorder = _Recorder(owners)
     try:
         classes, fallback = _probe(model, objective, examples, recorder, owners)
@@ -350,7 +287,7 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
     bar.close()
 
 
-def _fold_factors(name: str, factors: list, fold: _Fold) -> None:
+def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
     """Per-sample gradients of one parameter from all its uses in this micro-batch, folded in chunks."""
     batch = factors[0][2].shape[0]
     if len(factors) == 1 and isinstance(factors[0][0], nn.Embedding):
@@ -378,18 +315,6 @@ def _fold_factors(name: str, factors: list, fold: _Fold) -> None:
 
 def _exact_fallback(model, objective, examples, tensors, names, fold, progress) -> None:
     """One sample at a time, for the parameters no batched rule can split per sample."""
-    for p in tensors:
-        p.requires_grad_(True)
-    try:
-        for index, example in enumerate(tqdm(examples, desc="votes (exact fallback)", disable=not progress,
-                                             unit="sample")):
-            loss = objective.loss(model, _on_device(example, _device(model)))
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"sample {index}: the loss on the target is NaN/inf.")
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            for name, g in zip(names, grads):
-                if g is not None:
-                    fold.dense(name, g.detach().float().unsqueeze(0))
-    finally:
-        for p in tensors:
-            p.requires_grad_(False)
+    device = _device(model)
+    fold_one_at_a_time(model, lambda m, example: objective.loss(m, _on_device(example, device)), examples,
+                       dict(zip(names, tensors)), fold, progress=progress, description="votes (exact fallback)")

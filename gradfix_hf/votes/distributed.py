@@ -46,7 +46,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..errors import GradFixError
-from .reference_engine import AGGREGATIONS, compute_votes
+from .fold import AGGREGATIONS
+from .reference_engine import compute_votes
 from .votes_file import vote_dtype
 
 #: A per-process vote engine: ``engine(examples, aggregation, progress) -> (votes, partial_evidence)``.

@@ -1,0 +1,104 @@
+"""Folding per-sample gradients into votes: the noise rule, evidence, and integer/float accumulation.
+
+Shared by the reference engine (one sample at a time) and the batched engine (a micro-batch at a time).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import NonFiniteError
+from .votes_file import vote_dtype
+
+AGGREGATIONS = ("majority", "mean")
+# "sum" is for several processes (votes.distributed): the float Σ_n g_n per parameter instead of votes
+MODES = AGGREGATIONS + ("sum",)
+NOISE_FLOOR = 2.0 ** -20  # |g| ≤ NOISE_FLOOR · max|g| (per sample, per tensor) is rounding noise: no vote
+
+
+def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
+    """Zero the entries of per-sample gradients [c, ...] that are rounding noise of their sample's tensor.
+
+    A gradient that is exactly 0 in exact arithmetic (e.g. an attention key bias, to which softmax is
+    invariant) comes out of float32 as ~1e-14 noise of either sign; voting on it would be a coin flip, and
+    two correct engines would disagree on it. Relative to the sample's largest |g| in the tensor, such noise
+    sits far below 2^-20, while a real gradient component of that size cannot move the loss measurably.
+    """
+    scale = per_sample.abs().flatten(1).amax(1).view(-1, *([1] * (per_sample.dim() - 1)))
+    return torch.where(per_sample.abs() <= NOISE_FLOOR * scale, torch.zeros_like(per_sample), per_sample)
+
+
+
+def voted_parameters(model: nn.Module, parameter_names: Sequence[str], aggregation: str) -> dict[str, nn.Parameter]:
+    """Check the request, put the model in eval mode with every parameter frozen, return the voted ones."""
+    if aggregation not in MODES:
+        raise ValueError(f"aggregation must be one of {MODES}, got {aggregation!r}")
+    model.eval()
+    params = dict(model.named_parameters())
+    missing = [n for n in parameter_names if n not in params]
+    if missing:
+        raise KeyError(f"parameters not in the model: {missing[:3]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {n: params[n] for n in parameter_names}
+
+
+class VoteFold:
+    """Integer votes (or float sums for ``mean``/``sum``) and evidence, updated from per-sample gradients.
+
+    Both engines fold through this class, so the noise rule, the evidence and the vote arithmetic are
+    defined once. Votes accumulate in int32 and are narrowed to ``vote_dtype(N)`` at the end.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str):
+        self.dtype = vote_dtype(n_samples)
+        self.aggregation = aggregation
+        self.mean = aggregation in ("mean", "sum")
+        self.votes = {n: torch.zeros(p.shape, dtype=torch.int32, device=p.device) for n, p in params.items()}
+        self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
+        self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
+
+    def dense(self, name: str, per_sample: torch.Tensor, where: str = "") -> None:
+        """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``."""
+        if not torch.isfinite(per_sample).all():
+            raise NonFiniteError(f"{where + ': ' if where else ''}gradient of {name!r} has NaN/inf.")
+        per_sample = drop_noise(per_sample)
+        self.evidence[name] |= (per_sample != 0).any(0)
+        if self.mean:
+            self.sums[name] += per_sample.sum(0)
+        else:
+            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32)
+
+    def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
+        """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
+        if not torch.isfinite(per_sample_rows).all():
+            raise NonFiniteError(f"gradient of {name!r} has NaN/inf.")
+        magnitude = per_sample_rows.abs().flatten(1).amax(1)
+        scale = torch.zeros(int(samples.max()) + 1 if len(samples) else 0, device=magnitude.device)
+        scale = scale.scatter_reduce_(0, samples, magnitude, "amax")
+        limit = (NOISE_FLOOR * scale[samples]).view(-1, *([1] * (per_sample_rows.dim() - 1)))
+        per_sample_rows = torch.where(per_sample_rows.abs() <= limit, torch.zeros_like(per_sample_rows), per_sample_rows)
+        unique, inverse = torch.unique(row_ids, return_inverse=True)
+        width = per_sample_rows.shape[1:]
+        device = per_sample_rows.device
+        touched = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
+        touched.index_add_(0, inverse, (per_sample_rows != 0).int())
+        self.evidence[name][unique] |= touched > 0
+        if self.mean:
+            self.sums[name].index_add_(0, row_ids, per_sample_rows)
+        else:
+            signs = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
+            signs.index_add_(0, inverse, torch.sign(per_sample_rows).int())
+            self.votes[name][unique] -= signs
+
+    def result(self) -> tuple[dict, dict]:
+        if self.aggregation == "sum":  # one process's shard of a distributed "mean" vote
+            votes = {n: s.cpu() for n, s in self.sums.items()}
+        elif self.mean:
+            votes = {n: torch.sign(-s).to(self.dtype).cpu() for n, s in self.sums.items()}
+        else:
+            votes = {n: v.to(self.dtype).cpu() for n, v in self.votes.items()}
+        partial = {n: ev.cpu() for n, ev in self.evidence.items() if not bool(ev.all())}
+        return votes, partial
