@@ -49,14 +49,16 @@ class VoteFold:
     """Integer votes (or float sums for ``mean``/``sum``) and evidence, updated from per-sample gradients.
 
     Both engines fold through this class, so the noise rule, the evidence and the vote arithmetic are
-    defined once. Votes accumulate in int32 and are narrowed to ``vote_dtype(N)`` at the end.
+    defined once. Votes accumulate in ``vote_dtype(N)`` (exact: a partial sum never exceeds N).
     """
 
     def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str):
         self.dtype = vote_dtype(n_samples)
         self.aggregation = aggregation
         self.mean = aggregation in ("mean", "sum")
-        self.votes = {n: torch.zeros(p.shape, dtype=torch.int32, device=p.device) for n, p in params.items()}
+        # partial sums never exceed the samples folded so far, so vote_dtype(N) holds them exactly (1 byte
+        # per parameter for N ≤ 127); per-fold sign sums are formed in int32 and then narrowed
+        self.votes = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
         self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
         self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
 
@@ -69,7 +71,7 @@ class VoteFold:
         if self.mean:
             self.sums[name] += per_sample.sum(0)
         else:
-            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32)
+            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32).to(self.dtype)
 
     def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
         """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
@@ -91,7 +93,7 @@ class VoteFold:
         else:
             signs = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
             signs.index_add_(0, inverse, torch.sign(per_sample_rows).int())
-            self.votes[name][unique] -= signs
+            self.votes[name][unique] -= signs.to(self.dtype)
 
     def result(self) -> tuple[dict, dict]:
         if self.aggregation == "sum":  # one process's shard of a distributed "mean" vote
