@@ -266,7 +266,11 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
                 continue
             pending[name].append((module, pname, x, grad.detach()))
             if len(pending[name]) == contributions[name]:
-                _fold_factors(name, pending.pop(name), fold)
+                recorder.enabled = False  # the torch.func path calls the module again: not a model call
+                try:
+                    _fold_factors(name, pending.pop(name), fold)
+                finally:
+                    recorder.enabled = True
 
     recorder.on_factor = on_factor
     recorder.mode = "run"
