@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import inspect
 import json
 import math
 import os
 import platform
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,21 +69,21 @@ DEFAULT_AUTHORS_CAP = {"gpt2": 8}
 # ----------------------------------------------------------------------------------------------- models & data
 def model_config(kind: str, quick: bool):
     if kind == "bert":  # all-MiniLM-L6-v2's shape
-        size = dict(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=128) if quick else \
+        size = dict(vocab_size=5000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=512) if quick else \
             dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                  intermediate_size=1536)
         return transformers.BertConfig(**size, max_position_embeddings=512, pad_token_id=0, num_labels=2,
                                        id2label={0: "negative", 1: "positive"},
                                        label2id={"negative": 0, "positive": 1})
     if kind == "t5":  # t5-small's shape
-        size = dict(vocab_size=2000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        size = dict(vocab_size=5000, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2,
                     num_heads=4) if quick else \
             dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8)
         return transformers.T5Config(**size, feed_forward_proj="relu", tie_word_embeddings=True, pad_token_id=0,
                                      eos_token_id=1, decoder_start_token_id=0)
     if kind == "gpt2":  # gpt2 (small)'s shape
-        size = dict(vocab_size=2000, n_embd=64, n_layer=2, n_head=4) if quick else \
+        size = dict(vocab_size=5000, n_embd=128, n_layer=2, n_head=4) if quick else \
             dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12)
         return transformers.GPT2Config(**size, n_positions=1024, bos_token_id=0, eos_token_id=0, pad_token_id=2)
     raise ValueError(kind)
@@ -221,13 +224,19 @@ def fold_signs(votes: list[torch.Tensor], grads) -> None:
 
 # ----------------------------------------------------------------------------------------------- the methods
 def run_engine(model, objective, examples, names, spec):
+    details: dict = {}
+    extra = {"details": details} if "details" in inspect.signature(compute_votes_batched).parameters else {}
     memory = PeakMemory(spec["device"])
     start = time.perf_counter()
     votes, evidence = compute_votes_batched(model, objective, examples, names, aggregation="majority",
-                                            micro_batch_size=spec["micro_batch_size"], progress=False)
+                                            micro_batch_size=spec["micro_batch_size"], progress=False, **extra)
     sync(spec["device"])
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, **memory.read()}, {"votes": votes, "evidence": evidence}
+    figures = {"seconds": seconds, **memory.read()}
+    if details:  # how the engine handled each parameter (layer rule, torch.func, exact one-sample fallback)
+        figures["parameter_handling"] = {k: len(v) for k, v in details.items()}
+        figures["parameters_not_on_a_layer_rule"] = {k: v for k, v in details.items() if k != "rule" and v}
+    return figures, {"votes": votes, "evidence": evidence}
 
 
 def run_loop(model, objective, examples, names, spec):
@@ -398,8 +407,13 @@ def mismatch(votes_a: dict, votes_b: dict, names, relative: dict) -> dict:
     total = differ = kept = differ_kept = 0
     largest = 0.0
     by_size = {"1e-9..1e-6": 0, "1e-6..1e-4": 0, ">1e-4": 0}
+    histogram: dict[int, int] = {}
     for name in names:
-        bad = votes_a[name].to(torch.int32) != votes_b[name].to(torch.int32)
+        delta = votes_a[name].to(torch.int32) - votes_b[name].to(torch.int32)
+        bad = delta != 0
+        values, counts = torch.unique(delta[bad].abs(), return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist()):
+            histogram[v] = histogram.get(v, 0) + c
         keep = relative[name] > NOISE_RELATIVE
         total += bad.numel()
         differ += int(bad.sum())
@@ -412,6 +426,7 @@ def mismatch(votes_a: dict, votes_b: dict, names, relative: dict) -> dict:
             by_size["1e-6..1e-4"] += int(((sizes > 1e-6) & (sizes <= 1e-4)).sum())
             by_size[">1e-4"] += int((sizes > 1e-4).sum())
     return {"fraction": differ / total, "count": differ, "fraction_excluding_noise": differ_kept / max(kept, 1),
+            "vote_difference_histogram": {str(k): v for k, v in sorted(histogram.items())},
             "count_excluding_noise": differ_kept, "noise_coordinates": total - kept,
             "largest_relative_gradient_at_mismatch": largest, "mismatches_by_relative_gradient": by_size}
 
@@ -480,7 +495,7 @@ def bench_model(kind: str, args, log) -> dict:
                 micro_batch_size=args.micro_batch_size or args.n, authors_max_samples=cap)
     info = {"device": args.device, "n_samples": args.n, "max_tokens": args.t,
             "micro_batch_size": spec["micro_batch_size"], "plain_step_batch_size": spec["micro_batch_size"],
-            "authors_batch_size": AUTHORS_BATCH}
+            "authors_batch_size": min(AUTHORS_BATCH, args.n)}
     results, tensors = {}, {}
     for method in ("plain", "engine", "loop", "authors"):
         figures, saved = measure({**spec, "method": method}, args, log)
@@ -520,12 +535,16 @@ def bench_model(kind: str, args, log) -> dict:
                     noise_coordinates=m["noise_coordinates"],
                     largest_relative_gradient_at_mismatch=m["largest_relative_gradient_at_mismatch"],
                     mismatches_by_relative_gradient=m["mismatches_by_relative_gradient"],
+                    mismatch_vote_difference_histogram=m["vote_difference_histogram"],
                     evidence_mismatch_count=evidence_mismatch(eng["evidence"], ref["evidence"], ref["votes"], names),
                     most_mismatched_parameters=mismatched_tensors(eng["votes"], ref["votes"], names, ref["relative"]))
         if ok["authors"] and tensors["authors"] is not None:
             a = mismatch(tensors["authors"]["votes"], ref["votes"], names, ref["relative"])
             info["research_method_mismatch_fraction"] = a["fraction"]
             info["research_method_mismatch_fraction_excluding_noise"] = a["fraction_excluding_noise"]
+            info["research_method_mismatch_note"] = (
+                "the authors' method has no noise floor; the reference zeroes |g| <= 2^-20 x max|g| of the tensor "
+                "per sample, so they differ on such small gradients (e.g. most of a tied LM head)")
     goals = {}
     if "speedup_vs_research_method" in info:
         goals["speedup_vs_research_method"] = info["speedup_vs_research_method"] >= GOALS["speedup_vs_research_method"]
@@ -612,7 +631,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "votes", "device": args.device, "quick": args.quick, "N": args.n, "T": args.t,
               "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "python": platform.python_version(),
-              "platform": platform.platform(), "processor": _processor(),
+              "platform": platform.platform(), "processor": _processor(), "source": _source_fingerprint(),
               "cuda_device": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "loadavg_start": [round(x, 2) for x in os.getloadavg()], "goals": GOALS,
               "wait_idle_s": args.wait_idle, "max_contention": args.max_contention, "retries": args.retries,
@@ -637,6 +656,24 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _source_fingerprint() -> dict:
+    """Which code was measured: git commit, whether the tree had changes, and a hash of the vote engines."""
+    root = Path(__file__).resolve().parent.parent
+    out: dict = {}
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                           check=True).stdout.strip()
+        out["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "gradfix_hf"], cwd=root,
+                                               capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    digest = hashlib.sha256()
+    for path in sorted((root / "gradfix_hf" / "votes").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    out["gradfix_hf_votes_sha256"] = digest.hexdigest()[:16]
+    return out
 
 
 def _processor() -> str:
