@@ -78,22 +78,36 @@ def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag:
         tags=list(TAGS), library_name="transformers", pipeline_tag=pipeline_tag, datasets=datasets or None,
     )
     totals = report["totals"]
-    method = report["method"]
+    method = dict(report["method"])
+    tasks = report.get("tasks") or [{"name": "task0", "models": report["models"], "votes": report.get("votes")}]
+    settings = ", ".join(f"{k}: `{v}`" for k, v in method.items() if k not in ("name", "alpha"))
+
+    def name(model: dict) -> str:
+        return model["repo_id"] or model["path"]
+
+    if len(tasks) == 1:
+        title = f"GradFix transport of `{name(source_ft)}` onto `{name(target)}`"
+    else:
+        title = f"GradFix `{method['name']}` merge of {len(tasks)} task vectors onto `{name(target)}`"
+    task_lines = "\n".join(
+        f"- task `{t['name']}`: fine-tune `{name(t['models']['models.source_finetuned'])}` of "
+        f"`{name(t['models']['models.source'])}`, weight {t.get('weight', 1.0)}, vote samples "
+        f"N = {t['votes']['n_samples'] if t.get('votes') else 0}" for t in tasks)
     content = f"""---
 {data.to_yaml()}
 ---
 
-# GradFix transport of `{source_ft['repo_id'] or source_ft['path']}` onto `{target['repo_id'] or target['path']}`
+# {title}
 
-This model is the target pre-trained model θ_B plus the source fine-tuning's task vector
-τ_A = θ_A^ft − θ_A, masked coordinate by coordinate with GradFix
+This model is the target pre-trained model θ_B plus task vectors τ = θ_A^ft − θ_A of fine-tunings of other
+pre-trained models, masked coordinate by coordinate with GradFix
 ([Gradient-Sign Masking for Task Vector Transport Across Pre-Trained Models]({PAPER_URL}), ICLR 2026):
-θ = θ_B + α·(m ⊙ τ_A), m = 1{{sign(τ_A) = sign(Σ_n sign(−∇ℓ_n(θ_B)))}}. No fine-tuning of θ_B was done.
+θ = θ_B + α·(m ⊙ τ_A), m = 1{{sign(τ_A) = sign(Σ_n sign(−∇ℓ_n(θ_B)))}} for one task vector; merges combine several
+(method `{method['name']}`). No fine-tuning of θ_B was done.
 
-- mask: `{method['mask']}`, α = {method['alpha']}, no-evidence policy: `{method['no_evidence']}`
-- vote samples N = {report['votes']['n_samples'] if report.get('votes') else 0}
-- kept fraction of τ_A: {totals['kept_fraction']:.4f} of all transported coordinates
-- source pre-trained: `{report['models']['models.source']['repo_id'] or report['models']['models.source']['path']}`
+- method: `{method['name']}`, α = {method['alpha']}{", " + settings if settings else ""}
+{task_lines}
+- kept fraction: {totals['kept_fraction']:.4f} of all transported coordinates changed
 - made with gradfix_hf {report['library_version']}
 
 ## Results

@@ -19,8 +19,6 @@ import yaml
 from .errors import RecipeError
 
 OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "callable")
-MASKS = ("gradfix", "mean", "oracle", "naive")
-NO_EVIDENCE_POLICIES = ("drop", "keep")
 DTYPES = ("float32", "float16", "bfloat16")
 VOTE_ENGINES = ("auto", "batched", "reference")
 
@@ -91,11 +89,14 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    """θ_A (source), θ_A^ft (source_finetuned), θ_B (target) and optionally θ_B^ft (target_finetuned, oracle)."""
+    """θ_B (target), θ_A (source), θ_A^ft (source_finetuned) and optionally θ_B^ft (target_finetuned, oracle).
 
-    source: ModelRef
-    source_finetuned: ModelRef
+    Merges list their task vectors under ``tasks`` instead; ``source`` is then the default source of each task.
+    """
+
     target: ModelRef
+    source: Optional[ModelRef] = None
+    source_finetuned: Optional[ModelRef] = None
     target_finetuned: Optional[ModelRef] = None
 
     def __post_init__(self) -> None:
@@ -144,18 +145,46 @@ class EvaluationConfig:
     max_samples: Optional[int] = None
 
 
+_METHOD_FIELDS = ("name", "alpha", "force")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """How τ_A is masked and scaled: θ_B + α·(m ⊙ τ_A)."""
+    """The merge method (from the registry), its parameters, and α: output = θ_B + α·delta.
 
-    mask: str = "gradfix"
+    In YAML the parameters sit next to ``name`` and ``alpha`` (``method: {name: ties, density: 0.2}``) or under
+    ``parameters``; each method declares and validates its own (see ``gradfix_hf.merge.methods``).
+    """
+
+    name: str = "gradfix"
     alpha: float = 1.0
-    no_evidence: str = "drop"
     force: bool = False
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = "method") -> "MethodConfig":
+        if isinstance(raw, cls):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise RecipeError(f"{where}: expected a mapping, got {type(raw).__name__} ({raw!r}).")
+        nested = raw.get("parameters") or {}
+        if not isinstance(nested, Mapping):
+            raise RecipeError(f"{where}.parameters: expected a mapping, got {nested!r}.")
+        fields = {k: raw[k] for k in _METHOD_FIELDS if k in raw}
+        parameters = {**nested, **{k: v for k, v in raw.items() if k not in _METHOD_FIELDS + ("parameters",)}}
+        return cls(**fields, parameters=parameters)
 
     def __post_init__(self) -> None:
-        _check_choice(self.mask, MASKS, "method.mask")
-        _check_choice(self.no_evidence, NO_EVIDENCE_POLICIES, "method.no_evidence")
+        from .merge.methods import get
+
+        if not isinstance(self.name, str):
+            raise RecipeError(f"method.name: must be a string, got {self.name!r}.")
+        method = get(self.name, "method.name")
+        valid = list(_METHOD_FIELDS) + method.parameter_names()
+        for key in self.parameters:
+            if key not in valid:
+                raise RecipeError(f"method: unknown key {key!r} for method {self.name!r}.{_closest(str(key), valid)}")
+        object.__setattr__(self, "parameters", method.validate(self.parameters, "method"))
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
             raise RecipeError(f"method.alpha: must be a number, got {self.alpha!r}.")
         if self.alpha != self.alpha or self.alpha in (float("inf"), float("-inf")):
@@ -164,6 +193,64 @@ class MethodConfig:
             raise RecipeError(
                 f"method.alpha: {self.alpha} is outside (0, 1]; set method.force: true (CLI --force) to allow it."
             )
+
+    @property
+    def method(self):
+        """The registered :class:`~gradfix_hf.merge.methods.MergeMethod`."""
+        from .merge.methods import get
+
+        return get(self.name)
+
+    @property
+    def mask(self) -> Optional[str]:
+        return self.parameters.get("mask")
+
+    @property
+    def sign_source(self) -> Optional[str]:
+        """Where the sign estimate comes from: ``votes``, ``mean-votes``, ``oracle`` or None."""
+        return self.method.sign_source(self.parameters)
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "alpha": self.alpha, **dict(self.parameters)}
+        if self.force:
+            out["force"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task vector of a merge: its fine-tune (and source, when it differs from ``models.source``), the
+    samples that vote for it, an optional precomputed votes file, its weight and its oracle fine-tune."""
+
+    source_finetuned: ModelRef
+    name: Optional[str] = None
+    source: Optional[ModelRef] = None
+    target_finetuned: Optional[ModelRef] = None
+    data: Optional[DataConfig] = None
+    votes: Optional[str] = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("source_finetuned", "source", "target_finetuned"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, ModelRef):
+                object.__setattr__(self, key, ModelRef.parse(value, f"tasks.{key}"))
+        if self.data is not None and not isinstance(self.data, DataConfig):
+            object.__setattr__(self, "data", _build(DataConfig, self.data, "tasks.data"))
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight != self.weight:
+            raise RecipeError(f"tasks.weight: must be a number, got {self.weight!r}.")
+
+
+@dataclass(frozen=True)
+class ResolvedTask:
+    """A task with every default filled in: the models of one task vector, its data and votes."""
+
+    name: str
+    models: ModelsConfig
+    data: Optional[DataConfig]
+    votes: Optional[str]
+    weight: float
+    where: str
 
 
 @dataclass(frozen=True)
@@ -188,9 +275,11 @@ class Recipe:
     data: Optional[DataConfig] = None
     objective: str = "sequence-classification"
     method: MethodConfig = field(default_factory=MethodConfig)
+    tasks: Optional[tuple] = None
     evaluation: Optional[EvaluationConfig] = None
     output: OutputConfig = field(default_factory=OutputConfig)
     votes: Optional[str] = None
+    votes_cache: Optional[str] = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
     loss_fn: Optional[Callable] = field(default=None, compare=False, repr=False)
@@ -199,12 +288,17 @@ class Recipe:
     vote_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        specs = {"models": ModelsConfig, "data": DataConfig, "method": MethodConfig,
-                 "evaluation": EvaluationConfig, "output": OutputConfig}
+        specs = {"models": ModelsConfig, "data": DataConfig, "evaluation": EvaluationConfig, "output": OutputConfig}
         for key, cls in specs.items():
             value = getattr(self, key)
             if value is not None and not isinstance(value, cls):
                 object.__setattr__(self, key, _build(cls, value, key))
+        object.__setattr__(self, "method", MethodConfig.parse(self.method))
+        if self.tasks is not None:
+            if isinstance(self.tasks, (str, bytes, Mapping)) or not isinstance(self.tasks, (list, tuple)):
+                raise RecipeError(f"tasks: expected a list of task vectors, got {self.tasks!r}.")
+            object.__setattr__(self, "tasks", tuple(_build(TaskConfig, t, f"tasks[{i}]")
+                                                    for i, t in enumerate(self.tasks)))
         _check_choice(self.objective, OBJECTIVES, "objective")
         _check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
         if isinstance(self.vote_batch_size, bool) or not isinstance(self.vote_batch_size, int) or self.vote_batch_size < 1:
@@ -216,16 +310,71 @@ class Recipe:
             raise RecipeError("objective: 'callable' needs a loss_fn (Python API: Recipe(..., loss_fn=fn)).")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise RecipeError("loss_fn: must be callable as loss_fn(model, sample) -> scalar tensor.")
-        if self.method.mask == "oracle" and self.models.target_finetuned is None:
-            raise RecipeError("method.mask: 'oracle' needs models.target_finetuned (θ_B fine-tuned on the task).")
-        if self.needs_votes and self.votes is None and self.data is None:
-            raise RecipeError(f"data: method.mask {self.method.mask!r} needs labelled samples (or a votes file).")
-        if self.evaluation is not None and self.data is None:
+        self._check_tasks()
+
+    def _check_tasks(self) -> None:
+        method, models = self.method.method, self.models
+        if self.tasks is not None:
+            for key in ("source_finetuned", "target_finetuned"):
+                if getattr(models, key) is not None:
+                    raise RecipeError(f"models.{key}: with a tasks list, set it per task (tasks[i].{key}).")
+            if self.votes is not None and not method.shared_vote:
+                raise RecipeError("votes: with a tasks list, give each task its own votes file (tasks[i].votes).")
+            if self.evaluation is not None and len(self.tasks) > 1:
+                raise RecipeError("evaluation: held-out scores are computed for single-task transports only; a "
+                                  "merge of several task vectors has no single task to score.")
+        elif models.source_finetuned is None:
+            raise RecipeError("models.source_finetuned: required (θ_A fine-tuned), unless the recipe lists tasks.")
+        tasks = self.resolved_tasks()
+        if self.evaluation is not None and tasks[0].data is None:
             raise RecipeError("evaluation: needs a data section to know the columns and labels.")
+        method.check_tasks(len(tasks), "tasks" if self.tasks is not None else "models")
+        names = [t.name for t in tasks]
+        for name in names:
+            if names.count(name) > 1:
+                raise RecipeError(f"tasks: the name {name!r} is used twice; task names must be unique.")
+        source = self.method.sign_source
+        for task in tasks:
+            if source == "oracle" and task.models.target_finetuned is None:
+                raise RecipeError(f"{task.where}.target_finetuned: mask 'oracle' needs θ_B fine-tuned on the task.")
+        if source in ("votes", "mean-votes"):
+            voting = tasks[:1] if method.shared_vote else tasks
+            for task in voting:
+                if task.votes is None and task.data is None:
+                    raise RecipeError(f"data: method {self.name_and_mask} needs labelled samples for "
+                                      f"{task.where} (or a votes file).")
+            if method.shared_vote and self.votes is None:
+                for task in tasks[1:]:
+                    if task.data != tasks[0].data:
+                        raise RecipeError(f"{task.where}.data: method {self.method.name!r} votes once for every "
+                                          f"source, on one data set; it differs from {tasks[0].where}'s.")
 
     @property
     def needs_votes(self) -> bool:
-        return self.method.mask in ("gradfix", "mean")
+        return self.method.sign_source in ("votes", "mean-votes")
+
+    @property
+    def name_and_mask(self) -> str:
+        mask = self.method.mask
+        return f"{self.method.name!r}" + (f" (mask {mask!r})" if mask else "")
+
+    def resolved_tasks(self) -> list[ResolvedTask]:
+        """The task vectors with defaults filled in (one implicit task when the recipe has no tasks list)."""
+        models = self.models
+        if self.tasks is None:
+            return [ResolvedTask("task0", models, self.data, self.votes, 1.0, "models")]
+        out = []
+        for i, task in enumerate(self.tasks):
+            where = f"tasks[{i}]"
+            source = task.source or models.source
+            if source is None:
+                raise RecipeError(f"{where}.source: missing (θ_A of this task); set it or models.source.")
+            task_models = ModelsConfig(target=models.target, source=source, source_finetuned=task.source_finetuned,
+                                       target_finetuned=task.target_finetuned)
+            votes = task.votes or (self.votes if i == 0 else None)
+            out.append(ResolvedTask(task.name or f"task{i}", task_models, task.data or self.data, votes,
+                                    float(task.weight), where))
+        return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, loss_fn: Optional[Callable] = None) -> "Recipe":
@@ -261,11 +410,15 @@ class Recipe:
         """The recipe as plain data (what is copied into the output folder)."""
 
         def clean(obj: Any) -> Any:
+            if isinstance(obj, MethodConfig):
+                return obj.to_dict()
             if dataclasses.is_dataclass(obj):
                 return {f.name: clean(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                         if f.name != "loss_fn" and getattr(obj, f.name) is not None}
             if isinstance(obj, Mapping):
                 return {k: clean(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return [clean(v) for v in obj]
             if isinstance(obj, os.PathLike):  # Python API callers may pass pathlib.Path objects
                 return os.fspath(obj)
             return obj

@@ -1,12 +1,15 @@
 """Run a recipe end to end: resolve → check → sample → (stage 1) votes → (stage 2) streaming merge → output.
 
 ``prepare`` does every check that needs no gradient (models, names, shapes, vocabulary, NaN/inf, data,
-labels), so bad input fails before the costly part. ``run_recipe`` is what ``gradfix run`` and
-``Recipe.run`` call; ``compute_recipe_votes`` is what ``gradfix votes`` calls.
+labels) for one task vector, so bad input fails before the costly part; a merge prepares each of its tasks.
+``run_recipe`` is what ``gradfix run`` and ``Recipe.run`` call; ``compute_recipe_votes`` is what
+``gradfix votes`` calls; ``recipe_votes`` gives every task its votes, computing each distinct vote once.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,10 +26,10 @@ from .compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT
 from .data import LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split, select_per_class
 from .errors import GradFixError, RecipeError, VotesFileError
 from .hub import ResolvedModel, resolve_model
-from .merge.streaming import MaskSpec, apply_in_memory, load_base_model, merge_to_folder
+from .merge.streaming import MergeJob, apply_in_memory, load_base_model, merge_to_folder
 from .objectives import OBJECTIVES, CallableObjective, Objective
 from .output_folder import RECIPE_NAME, atomic_folder, check_destination, read_report, write_model_card, write_report
-from .recipe import Recipe
+from .recipe import Recipe, ResolvedTask
 from .version import __version__
 from .votes import VotesFile, params_fingerprint
 from .votes.distributed import (ProcessContext, VoteEngine, batched_vote_engine, distributed_votes, on_main_process,
@@ -41,6 +44,7 @@ class PreparedRun:
     """Everything checked and loaded before gradient work."""
 
     recipe: Recipe
+    task: ResolvedTask
     models: dict[str, ResolvedModel]
     plan: compat.TransportPlan
     tokenizer: Any
@@ -73,11 +77,14 @@ def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_co
         return None
 
 
-def prepare(recipe: Recipe, *, token: Optional[str] = None, check_values: bool = True) -> PreparedRun:
-    """Resolve the models and the data and check everything that needs no gradient."""
-    refs = {SOURCE: recipe.models.source, SOURCE_FT: recipe.models.source_finetuned, TARGET: recipe.models.target}
-    if recipe.models.target_finetuned is not None:
-        refs[TARGET_FT] = recipe.models.target_finetuned
+def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optional[str] = None,
+            check_values: bool = True) -> PreparedRun:
+    """Resolve the models and the data of one task vector (default: the recipe's first) and check everything
+    that needs no gradient."""
+    task = task or recipe.resolved_tasks()[0]
+    refs = {SOURCE: task.models.source, SOURCE_FT: task.models.source_finetuned, TARGET: task.models.target}
+    if task.models.target_finetuned is not None:
+        refs[TARGET_FT] = task.models.target_finetuned
     models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token)
               for role, ref in refs.items()}
     names = {role: m.name for role, m in models.items()}
@@ -95,38 +102,39 @@ def prepare(recipe: Recipe, *, token: Optional[str] = None, check_values: bool =
 
     objective = samples = eval_samples = None
     examples: list = []
-    if recipe.data is not None:
+    data = task.data
+    if data is not None:
         if tokenizer is None and recipe.objective != "callable":
             raise GradFixError(f"{TARGET}: no tokenizer found in {names[TARGET]} (nor in the source models).")
-        dataset = load_split(recipe.data.path, name=recipe.data.name, split=recipe.data.split,
-                             revision=recipe.data.revision, where="data")
+        dataset = load_split(data.path, name=data.name, split=data.split,
+                             revision=data.revision, where="data")
         if objective_cls is CallableObjective:
-            if recipe.data.label_column not in dataset.column_names:
-                raise GradFixError(f"data: label column {recipe.data.label_column!r} not in {dataset.column_names}.")
-            labels = label_space_from_rows(dataset, recipe.data.label_column)
-            objective = CallableObjective(recipe.data, tokenizer, labels, recipe.loss_fn, auto_class)
+            if data.label_column not in dataset.column_names:
+                raise GradFixError(f"data: label column {data.label_column!r} not in {dataset.column_names}.")
+            labels = label_space_from_rows(dataset, data.label_column)
+            objective = CallableObjective(data, tokenizer, labels, recipe.loss_fn, auto_class)
         else:
-            labels = objective_cls.label_space(recipe.data, configs[SOURCE_FT])
-            objective = objective_cls(recipe.data, tokenizer, labels)
-        extra = {"objective": recipe.objective, "prompt": recipe.data.prompt,
-                 "label_words": recipe.data.label_words, "max_length": recipe.data.max_length}
-        samples = select_per_class(dataset, recipe.data, labels, fingerprint_extra=extra)
+            labels = objective_cls.label_space(data, configs[SOURCE_FT])
+            objective = objective_cls(data, tokenizer, labels)
+        extra = {"objective": recipe.objective, "prompt": data.prompt,
+                 "label_words": data.label_words, "max_length": data.max_length}
+        samples = select_per_class(dataset, data, labels, fingerprint_extra=extra)
         examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
         if recipe.evaluation is not None:
             if objective_cls is CallableObjective:
                 raise RecipeError("evaluation: held-out scores need a built-in objective, not 'callable'.")
             ev = recipe.evaluation
-            path = ev.path or recipe.data.path
-            eval_set = load_split(path, name=ev.name or recipe.data.name, split=ev.split,
-                                  revision=ev.revision or recipe.data.revision, where="evaluation")
-            eval_samples = evaluation_samples(eval_set, recipe.data, labels, ev.max_samples,
+            path = ev.path or data.path
+            eval_set = load_split(path, name=ev.name or data.name, split=ev.split,
+                                  revision=ev.revision or data.revision, where="evaluation")
+            eval_samples = evaluation_samples(eval_set, data, labels, ev.max_samples,
                                               describe_source(path, ev.split))
-    return PreparedRun(recipe=recipe, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
+    return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
                        samples=samples, examples=examples, eval_samples=eval_samples)
 
 
 def _aggregation(recipe: Recipe) -> str:
-    return "mean" if recipe.method.mask == "mean" else "majority"
+    return "mean" if recipe.method.sign_source == "mean-votes" else "majority"
 
 
 def vote_engine_name(recipe: Recipe, objective: Objective) -> str:
@@ -183,7 +191,7 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> Vote
     votes.check_target(prepared.voted_shapes, target=target.name, commit_hash=target.commit_hash, source=str(path))
     if votes.metadata["aggregation"] != _aggregation(prepared.recipe):
         raise VotesFileError(f"{path}: votes were aggregated with {votes.metadata['aggregation']!r} but mask "
-                             f"{prepared.recipe.method.mask!r} needs {_aggregation(prepared.recipe)!r}.")
+                             f"{prepared.recipe.name_and_mask} needs {_aggregation(prepared.recipe)!r}.")
     if prepared.samples is not None and votes.metadata["data_fingerprint"] != prepared.samples.fingerprint:
         logger.warning("%s: votes were computed on other samples (fingerprint %s, recipe's data gives %s).",
                        path, votes.metadata["data_fingerprint"], prepared.samples.fingerprint)
@@ -199,20 +207,25 @@ def _accuracy(objective: Objective, model, samples: LabelledSamples, batch_size:
     return correct / len(samples)
 
 
-def evaluate_methods(prepared: PreparedRun, spec: MaskSpec, votes: Optional[VotesFile]) -> dict:
+def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
     """Held-out accuracy of θ_B (zero-shot, with the copied head), naive θ_B + α·τ_A, the result and the oracle."""
     model = load_base_model(prepared.plan)
     objective, samples = prepared.objective, prepared.eval_samples
     rows = [{"model": "θ_B zero-shot", "method": "zero-shot", "alpha": None,
              "score": _accuracy(objective, model, samples)}]
-    specs = [("θ_B + α·τ_A (naive)", MaskSpec("naive", spec.alpha))]
-    if spec.kind != "naive":
-        specs.append((f"GradFix ({spec.kind})", spec))
-    if TARGET_FT in prepared.plan.readers and spec.kind != "oracle":
-        specs.append(("oracle (sign of τ_B)", MaskSpec("oracle", spec.alpha)))
-    for label, s in specs:
-        apply_in_memory(model, prepared.plan, s, votes)
-        rows.append({"model": label, "method": s.kind, "alpha": s.alpha, "score": _accuracy(objective, model, samples)})
+    naive = MergeJob.single(job.head, None, "naive", job.alpha)
+    jobs = [("θ_B + α·τ_A (naive)", "naive", naive)]
+    mask = job.parameters.get("mask")
+    if job.method.name != "gradfix":
+        jobs.append((job.method.pretty_name, job.method.name, job))
+    elif mask != "naive":
+        jobs.append((f"GradFix ({mask})", mask, job))
+    if TARGET_FT in prepared.plan.readers and mask != "oracle":
+        jobs.append(("oracle (sign of τ_B)", "oracle", MergeJob.single(job.head, None, "oracle", job.alpha)))
+    for label, kind, variant in jobs:
+        apply_in_memory(model, variant)
+        rows.append({"model": label, "method": kind, "alpha": variant.alpha,
+                     "score": _accuracy(objective, model, samples)})
     return {"metric": "accuracy", "split": samples.source, "n_samples": len(samples), "rows": rows}
 
 
@@ -262,13 +275,75 @@ class TransportResult:
 
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        message = commit_message or (f"GradFix transport ({self.report['method']['mask']}, "
-                                     f"α={self.report['method']['alpha']}) with gradfix_hf {__version__}")
+        method = self.report["method"]
+        detail = f", mask {method['mask']}" if "mask" in method else ""
+        message = commit_message or (f"GradFix {method['name']}{detail}, α={method['alpha']} "
+                                     f"(gradfix_hf {__version__})")
         return api.upload_folder(repo_id=repo_id, folder_path=str(self.output_dir), revision=revision,
                                  commit_message=message)
 
     def __repr__(self) -> str:
         return f"TransportResult(output_dir={str(self.output_dir)!r}, kept_fraction={self.report['totals']['kept_fraction']:.4f})"
+
+
+def vote_key(prepared: PreparedRun) -> str:
+    """What a vote depends on: target (and revision), objective, aggregation, samples, voted tensors, and a
+    copied head (its loss depends on it). Tasks with the same key share one votes computation."""
+    target = prepared.models[TARGET]
+    head = None
+    if prepared.plan.copied_from_finetune:
+        source_ft = prepared.models[SOURCE_FT]
+        head = [source_ft.name, source_ft.commit_hash, sorted(prepared.plan.copied_from_finetune)]
+    parts = [target.name, target.commit_hash, prepared.recipe.objective, _aggregation(prepared.recipe),
+             prepared.samples.fingerprint if prepared.samples else None, params_fingerprint(prepared.voted_shapes),
+             head, prepared.plan.layout.auto_class_name]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional[Union[str, os.PathLike]] = None,
+                 progress: bool = True) -> list[Optional[VotesFile]]:
+    """The votes of every task: from its votes file, from ``votes_cache`` or computed; each distinct vote
+    (same :func:`vote_key`) is computed once. Methods with a shared vote (``multi_source``) vote once, with the
+    first task's data and head, for every source. Every process takes part in computations; only the main
+    process writes the cache."""
+    if not recipe.needs_votes:
+        return [None] * len(prepared)
+    if votes is not None and len(prepared) > 1 and not recipe.method.method.shared_vote:
+        raise RecipeError("--votes gives one votes file, but this merge has one vote per task: set tasks[i].votes "
+                          "in the recipe instead.")
+    context = process_context()
+    computed: dict[str, VotesFile] = {}
+    out: list[Optional[VotesFile]] = []
+    for i, run in enumerate(prepared):
+        if recipe.method.method.shared_vote and i > 0:
+            out.append(out[0])
+            continue
+        path = (votes if i == 0 else None) or run.task.votes
+        if path:
+            out.append(load_votes_for(run, path))
+            continue
+        key = vote_key(run)
+        cached = Path(recipe.votes_cache) / f"{key}.safetensors" if recipe.votes_cache else None
+        if key not in computed and cached is not None and cached.is_file():
+            computed[key] = load_votes_for(run, cached)
+            logger.info("%s: votes from the cache %s", run.task.where, cached)
+        if key not in computed:
+            computed[key] = compute_recipe_votes(run, progress=progress)
+            if cached is not None:
+                on_main_process(context, functools.partial(computed[key].save, cached))
+        out.append(computed[key])
+    return out
+
+
+def _check_tasks_line_up(prepared: list[PreparedRun]) -> None:
+    """Every task vector of a merge transports the same tensors onto the same target layout."""
+    head = prepared[0]
+    for run in prepared[1:]:
+        if run.plan.transported != head.plan.transported:
+            differ = sorted(set(run.plan.transported) ^ set(head.plan.transported))
+            raise GradFixError(f"{run.task.where} ({run.models[SOURCE_FT].name}): its task vector covers other "
+                               f"tensors than {head.task.where}'s ({len(differ)} differ, e.g. {differ[:3]}): the "
+                               "fine-tunes must share one architecture to be merged.")
 
 
 def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = None, *,
@@ -284,58 +359,69 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     destination = output_dir or recipe.output.path
     if destination is not None and not dry_run:
         check_destination(Path(destination), overwrite)
-    votes_path = votes or recipe.votes
-    prepared = prepare(recipe, token=token)
+    prepared = [prepare(recipe, task, token=token) for task in recipe.resolved_tasks()]
+    _check_tasks_line_up(prepared)
     if dry_run:
-        return {"ok": True, **prepared.summary()}
-    spec = MaskSpec(recipe.method.mask, float(recipe.method.alpha), recipe.method.no_evidence)
-    context = process_context()
-    vote_file = None
-    if recipe.needs_votes and not votes_path:
-        vote_file = compute_recipe_votes(prepared, progress=progress)  # every process takes part
-    return on_main_process(context, lambda: _finish_run(prepared, spec, vote_file, votes_path, destination,
-                                                        overwrite, progress, started))
+        if len(prepared) == 1:
+            return {"ok": True, "method": recipe.method.to_dict(), **prepared[0].summary()}
+        return {"ok": True, "method": recipe.method.to_dict(),
+                "tasks": {run.task.name: run.summary() for run in prepared}}
+    vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress)  # every process takes part
+    job = MergeJob([run.plan for run in prepared], vote_files, recipe.method.method, recipe.method.parameters,
+                   float(recipe.method.alpha), [run.task.weight for run in prepared])
+    return on_main_process(process_context(), lambda: _finish_run(prepared, job, votes, destination, overwrite,
+                                                                  progress, started))
 
 
-def _finish_run(prepared: PreparedRun, spec: MaskSpec, vote_file: Optional[VotesFile],
-                votes_path: Optional[Union[str, os.PathLike]], destination: Optional[Union[str, os.PathLike]],
-                overwrite: bool, progress: bool, started: float) -> TransportResult:
+def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) -> dict:
+    return {"name": run.task.name, "weight": weight,
+            "models": {role: m.describe() for role, m in run.models.items()},
+            "votes": None if votes is None else {
+                "n_samples": votes.n_samples, "aggregation": votes.metadata["aggregation"],
+                "data_fingerprint": votes.metadata["data_fingerprint"], "file": run.task.votes}}
+
+
+def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
+                destination: Optional[Union[str, os.PathLike]], overwrite: bool, progress: bool,
+                started: float) -> TransportResult:
     """Evaluation, streaming merge and the output folder (one process)."""
-    recipe = prepared.recipe
-    if recipe.needs_votes and votes_path:
-        vote_file = load_votes_for(prepared, votes_path)
-    evaluation = evaluate_methods(prepared, spec, vote_file) if prepared.eval_samples is not None else None
+    head = prepared[0]
+    recipe = head.recipe
+    evaluation = evaluate_methods(head, job) if head.eval_samples is not None else None
     if destination is None:
         destination = Path(tempfile.mkdtemp(prefix="gradfix-")) / "output"
     dtype = DTYPES[recipe.output.dtype] if recipe.output.dtype else None
-    target = prepared.models[TARGET]
+    target = head.models[TARGET]
     with atomic_folder(Path(destination), overwrite=overwrite) as tmp:
-        per_tensor = merge_to_folder(prepared.plan, tmp, spec, vote_file, dtype=dtype,
-                                     max_shard_size=recipe.output.max_shard_size, progress=progress)
-        prepared.plan.layout.config.save_pretrained(tmp)
-        if prepared.tokenizer is not None:
-            prepared.tokenizer.save_pretrained(tmp)
+        per_tensor = merge_to_folder(job, tmp, dtype=dtype, max_shard_size=recipe.output.max_shard_size,
+                                     progress=progress)
+        head.plan.layout.config.save_pretrained(tmp)
+        if head.tokenizer is not None:
+            head.tokenizer.save_pretrained(tmp)
         _copy_generation_config(target, tmp)
         recipe_yaml = recipe.to_yaml()
         (tmp / RECIPE_NAME).write_text(recipe_yaml)
+        tasks = [_task_report(run, v, w) for run, v, w in zip(prepared, job.votes, job.weights)]
+        if votes_path and tasks[0]["votes"] is not None:
+            tasks[0]["votes"]["file"] = str(votes_path)
         report = {
             "library_version": __version__,
-            "model_class": prepared.plan.layout.auto_class_name,
+            "model_class": head.plan.layout.auto_class_name,
             "objective": recipe.objective,
-            "method": {"mask": spec.kind, "alpha": spec.alpha, "no_evidence": spec.no_evidence},
-            "models": {role: m.describe() for role, m in prepared.models.items()},
-            "tensors": prepared.plan.summary(),
-            "votes": None if vote_file is None else {
-                "n_samples": vote_file.n_samples, "aggregation": vote_file.metadata["aggregation"],
-                "data_fingerprint": vote_file.metadata["data_fingerprint"], "file": str(votes_path) if votes_path else None},
+            "method": recipe.method.to_dict(),
+            "models": tasks[0]["models"],
+            "tensors": head.plan.summary(),
+            "votes": tasks[0]["votes"],
+            "tasks": tasks,
             "totals": _totals(per_tensor),
             "per_tensor": per_tensor,
             "evaluation": evaluation,
             "seconds": round(time.time() - started, 3),
         }
         write_report(tmp, report)
-        datasets = [recipe.data.path] if recipe.data and not Path(recipe.data.path).expanduser().exists() else None
-        write_model_card(tmp, report, recipe_yaml, prepared.objective.pipeline_task if prepared.objective else None,
+        data_paths = {run.task.data.path for run in prepared if run.task.data is not None}
+        datasets = sorted(p for p in data_paths if not Path(p).expanduser().exists()) or None
+        write_model_card(tmp, report, recipe_yaml, head.objective.pipeline_task if head.objective else None,
                          datasets)
     return TransportResult(destination, recipe)
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from conftest import recipe_dict
 from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, transport
-from gradfix_hf.merge.streaming import MaskSpec, apply_in_memory, load_base_model
+from gradfix_hf.merge.streaming import MergeJob, apply_in_memory, load_base_model
 
 
 def _weights(folder):
@@ -77,7 +77,8 @@ def test_output_folder_contents_and_pipeline(trios, tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     report = result.report
-    assert report["method"] == {"mask": "gradfix", "alpha": 0.5, "no_evidence": "drop"}
+    assert report["method"] == {"name": "gradfix", "alpha": 0.5, "mask": "gradfix", "no_evidence": "drop", "seed": 0,
+                                "rho": 1.0}
     assert report["votes"]["n_samples"] == 6
     assert report["tensors"]["copied_from_finetune"] == ["classifier.weight", "classifier.bias"]
     assert 0 < report["totals"]["kept_fraction"] < 1
@@ -102,7 +103,7 @@ def test_folder_equals_in_memory_application(trios, bert_votes, tmp_path):
     result = recipe.run(tmp_path / "out", votes=bert_votes, progress=False)
     prepared = prepare(recipe)
     model = load_base_model(prepared.plan)
-    apply_in_memory(model, prepared.plan, MaskSpec("gradfix", 0.5), VotesFile.load(bert_votes))
+    apply_in_memory(model, MergeJob.single(prepared.plan, VotesFile.load(bert_votes), "gradfix", 0.5))
     enc = result.tokenizer(["good bad ugly", "happy warm"], return_tensors="pt", padding=True)
     assert torch.allclose(model(**enc).logits, result.model(**enc).logits, atol=1e-5)
 

@@ -1,72 +1,149 @@
-"""The streaming merge: one output tensor at a time from memory-mapped inputs.
+"""The streaming merge (stage 2): one output tensor at a time from memory-mapped inputs.
 
-``output_tensor`` is the single definition of what each output tensor is; ``merge_to_folder`` streams it
-into sharded safetensors (peak memory ≈ a few tensors), and ``apply_in_memory`` writes the same tensors
-into a loaded model (used for held-out scores of several methods without writing folders).
+A :class:`MergeJob` holds what a merge reads (one transport plan per task vector; the first gives the output
+layout and any new head), the votes, the method and α. ``output_tensor`` is the single definition of what
+each output tensor is; ``merge_to_folder`` streams it into sharded safetensors (peak memory ≈ the inputs of
+one tensor name plus the shard being filled), and ``apply_in_memory`` writes the same tensors into a loaded
+model (held-out scores of several variants without writing folders). Re-running this stage with another α
+or mask never touches gradients.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
 from ..votes.votes_file import VotesFile
-from .masks import keep_mask, transported
+from .methods import GlobalTrim, MergeMethod, TensorInputs, get
 from .writer import ShardedSafetensorsWriter
 
 
-@dataclass(frozen=True)
-class MaskSpec:
-    """Which mask to apply, with what α and no-evidence policy."""
+@dataclass
+class MergeJob:
+    """Everything stage 2 reads: per task vector its plan, votes and weight; the method, parameters and α."""
 
-    kind: str = "gradfix"
+    plans: list[TransportPlan]
+    votes: list[Optional[VotesFile]]
+    method: MergeMethod
+    parameters: Mapping[str, Any]
     alpha: float = 1.0
-    no_evidence: str = "drop"
+    weights: list[float] = field(default_factory=list)
+    thresholds: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            self.weights = [1.0] * len(self.plans)
+        if isinstance(self.method, str):
+            self.method = get(self.method)
+        self.parameters = self.method.validate(self.parameters)
+
+    @classmethod
+    def single(cls, plan: TransportPlan, votes: Optional[VotesFile], mask: str = "gradfix", alpha: float = 1.0,
+               **parameters: Any) -> "MergeJob":
+        """A single-task GradFix job (``mask`` is any mask variant)."""
+        return cls([plan], [votes], get("gradfix"), {"mask": mask, **parameters}, alpha)
+
+    @property
+    def head(self) -> TransportPlan:
+        return self.plans[0]
+
+    def replace(self, **changes: Any) -> "MergeJob":
+        if "parameters" in changes:
+            changes["parameters"] = {**self.parameters, **changes["parameters"]}
+        return dataclasses.replace(self, **changes)
 
 
-def output_tensor(plan: TransportPlan, name: str, spec: MaskSpec, votes: Optional[VotesFile]) -> tuple[torch.Tensor, Optional[dict]]:
-    """The output tensor ``name`` (fp32 for transported ones) and its per-tensor statistics."""
-    if name in plan.copied_from_finetune:
-        return plan.raw_tensor(SOURCE_FT, name), None
-    if name not in plan.transported:
-        return plan.raw_tensor(TARGET, name), None
-    target = plan.tensor(TARGET, name)
-    tau = plan.tensor(SOURCE_FT, name) - plan.tensor(SOURCE, name)
-    signs = evidence = None
-    if spec.kind == "oracle":
-        signs = plan.tensor(TARGET_FT, name) - target
-    elif spec.kind in ("gradfix", "mean"):
-        signs, evidence = votes.votes[name], votes.has_evidence(name)
-    mask = keep_mask(spec.kind, tau, signs=signs, evidence=evidence, no_evidence=spec.no_evidence)
-    nonzero = int((tau != 0).sum())
-    stats = {"numel": tau.numel(), "kept_fraction": float(mask.sum()) / max(tau.numel(), 1),
-             "kept_of_nonzero_tau": float(mask.sum()) / max(nonzero, 1)}
-    if votes is not None and spec.kind in ("gradfix", "mean"):
-        stats["votes"] = votes.statistics(name)
-    return transported(target, tau, mask, spec.alpha), stats
+class _Reads:
+    """Reads of one tensor name, shared between tasks that use the same checkpoint (e.g. one θ_A)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, plan: TransportPlan, role: str, name: str) -> torch.Tensor:
+        key = (str(plan.readers[role].model.local_dir), plan.keys[role][name])
+        if key not in self._cache:
+            self._cache[key] = plan.tensor(role, name)
+        return self._cache[key]
 
 
-def iter_output(plan: TransportPlan, spec: MaskSpec, votes: Optional[VotesFile], *,
-                progress: bool = False) -> Iterator[tuple[str, torch.Tensor, Optional[dict]]]:
-    names = list(plan.layout.parameters) + list(plan.layout.buffers)
-    for name in tqdm(names, desc="merge", disable=not progress, unit="tensor"):
-        tensor, stats = output_tensor(plan, name, spec, votes)
+def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> tuple[torch.Tensor, TensorInputs]:
+    """θ_B's tensor (fp32) and the kernel inputs of ``name``: τ_t, ŝ_t and evidence of every task."""
+    reads = reads or _Reads()
+    target = reads.get(job.head, TARGET, name)
+    source = job.method.sign_source(job.parameters)
+    taus, signs, evidence = [], [], []
+    for plan, votes in zip(job.plans, job.votes):
+        taus.append(reads.get(plan, SOURCE_FT, name) - reads.get(plan, SOURCE, name))
+        if source == "oracle":
+            signs.append(torch.sign(reads.get(plan, TARGET_FT, name) - target))
+            evidence.append(None)
+        elif source is not None:
+            signs.append(votes.votes[name])
+            evidence.append(votes.evidence.get(name))
+        else:
+            signs.append(None)
+            evidence.append(None)
+    return target, TensorInputs(name, taus, signs, evidence, list(job.weights), job.thresholds)
+
+
+def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict]]:
+    """The output tensor ``name`` (fp32 for merged ones) and its per-tensor statistics."""
+    head = job.head
+    if name in head.copied_from_finetune:
+        return head.raw_tensor(SOURCE_FT, name), None
+    if name not in head.transported:
+        return head.raw_tensor(TARGET, name), None
+    target, inputs = tensor_inputs(job, name)
+    delta = job.method.delta(inputs, job.parameters)
+    kept = int((delta != 0).sum())
+    nonzero = torch.zeros(delta.shape, dtype=torch.bool)
+    for tau in inputs.taus:
+        nonzero |= tau != 0
+    stats = {"numel": delta.numel(), "kept_fraction": kept / max(delta.numel(), 1),
+             "kept_of_nonzero_tau": kept / max(int(nonzero.sum()), 1)}
+    if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
+        stats["votes"] = job.votes[0].statistics(name)
+    return target + job.alpha * delta, stats
+
+
+def compute_thresholds(job: MergeJob, *, progress: bool = False) -> MergeJob:
+    """For methods that trim globally (TIES ``original``): the exact per-task thresholds, in two passes."""
+    if not job.method.needs_global_threshold(job.parameters):
+        return job
+    trim = GlobalTrim(len(job.plans), job.parameters["density"])
+    for step, add in (("first", trim.first_pass), ("second", trim.second_pass)):
+        for name in tqdm(job.head.transported, desc=f"global trim ({step} pass)", disable=not progress, unit="tensor"):
+            _, inputs = tensor_inputs(job, name)
+            for t, vector in enumerate(job.method.task_vectors(inputs, job.parameters)):
+                add(t, vector)
+        if step == "first":
+            trim.finish_first_pass()
+    return job.replace(thresholds=trim.thresholds())
+
+
+def iter_output(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, Optional[dict]]]:
+    layout = job.head.layout
+    for name in tqdm(list(layout.parameters) + list(layout.buffers), desc="merge", disable=not progress,
+                     unit="tensor"):
+        tensor, stats = output_tensor(job, name)
         yield name, tensor, stats
 
 
-def merge_to_folder(plan: TransportPlan, folder: Union[str, Path], spec: MaskSpec, votes: Optional[VotesFile], *,
-                    dtype: Optional[torch.dtype] = None, max_shard_size: Union[int, str] = "5GB",
-                    progress: bool = False) -> dict:
-    """Stream the output tensors into ``folder``; returns the per-tensor statistics of transported tensors."""
+def merge_to_folder(job: MergeJob, folder: Union[str, Path], *, dtype: Optional[torch.dtype] = None,
+                    max_shard_size: Union[int, str] = "5GB", progress: bool = False) -> dict:
+    """Stream the output tensors into ``folder``; returns the per-tensor statistics of merged tensors."""
+    job = compute_thresholds(job, progress=progress)
     writer = ShardedSafetensorsWriter(folder, max_shard_size)
     per_tensor = {}
-    for name, tensor, stats in iter_output(plan, spec, votes, progress=progress):
+    head = job.head
+    for name, tensor, stats in iter_output(job, progress=progress):
         if tensor.is_floating_point():
-            stored = plan.readers[TARGET].dtype(plan.keys[TARGET][name]) if name in plan.keys[TARGET] else tensor.dtype
+            stored = head.readers[TARGET].dtype(head.keys[TARGET][name]) if name in head.keys[TARGET] else tensor.dtype
             tensor = tensor.to(dtype or stored)
         writer.add(name, tensor)
         if stats is not None:
@@ -76,12 +153,13 @@ def merge_to_folder(plan: TransportPlan, folder: Union[str, Path], spec: MaskSpe
 
 
 @torch.no_grad()
-def apply_in_memory(model: torch.nn.Module, plan: TransportPlan, spec: MaskSpec, votes: Optional[VotesFile]) -> dict:
-    """Set the model's transported parameters to the output tensors of ``spec`` (fp32, in place)."""
+def apply_in_memory(model: torch.nn.Module, job: MergeJob) -> dict:
+    """Set the model's merged parameters to the output tensors of ``job`` (fp32, in place)."""
+    job = compute_thresholds(job)
     params = dict(model.named_parameters())
     per_tensor = {}
-    for name in plan.transported:
-        tensor, stats = output_tensor(plan, name, spec, votes)
+    for name in job.head.transported:
+        tensor, stats = output_tensor(job, name)
         params[name].copy_(tensor)
         per_tensor[name] = stats
     return per_tensor
