@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check the recipe, models and data without computing anything or writing")
     run.add_argument("--votes", help="use this votes file instead of computing votes")
     run.add_argument("--alpha", type=float, help="override method.alpha")
-    run.add_argument("--mask", help="override method.mask (gradfix, mean, oracle, naive)")
+    run.add_argument("--mask", help="override method.mask (a mask variant: see `gradfix methods`)")
     run.add_argument("--force", action="store_true", help="allow alpha outside (0, 1]")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Compute per-sample gradient-sign votes on the target and write them.")
     _add_recipe_overrides(votes)
     votes.add_argument("-o", "--output", required=True, help="votes file to write (.safetensors)")
+    votes.add_argument("--task", help="with a tasks list: the task (name) whose votes to compute")
     votes.add_argument("--overwrite", action="store_true", help="replace an existing votes file")
+
+    methods = sub.add_parser("methods", help="list the merge methods, their parameters and the mask variants",
+                             description="List the registered merge methods with their parameters and defaults.")
+    methods.add_argument("--json", action="store_true", help="print JSON")
 
     inspect = sub.add_parser("inspect", help="summarise a votes file or an output folder",
                              description="Print the metadata and statistics of a votes file or output folder.")
@@ -122,7 +127,15 @@ def _cmd_votes(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise GradFixError(f"{output} already exists (use --overwrite).")
     recipe = _load_recipe(args)
-    votes = compute_recipe_votes(prepare(recipe), progress=not args.no_progress)  # every process takes part
+    tasks = recipe.resolved_tasks()
+    if args.task is None and len(tasks) > 1:
+        raise GradFixError(f"{args.recipe}: the recipe has {len(tasks)} tasks; choose one with --task "
+                           f"({', '.join(t.name for t in tasks)}).")
+    chosen = [t for t in tasks if args.task in (None, t.name)]
+    if not chosen:
+        raise GradFixError(f"--task {args.task!r}: no such task in {args.recipe} "
+                           f"({', '.join(t.name for t in tasks)}).")
+    votes = compute_recipe_votes(prepare(recipe, chosen[0]), progress=not args.no_progress)  # every process votes
     context = process_context()
     on_main_process(context, lambda: votes.save(output))
     if not context.is_main:
@@ -179,6 +192,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_methods() -> dict:
+    """The registry as plain data (what ``gradfix methods`` prints)."""
+    from .merge import MASK_VARIANTS, registered_methods
+
+    return {"mask_variants": list(MASK_VARIANTS), "methods": {
+        name: {"pretty_name": m.pretty_name, "description": m.description,
+               "tasks": [m.min_tasks, m.max_tasks], "shared_vote": m.shared_vote,
+               "parameters": {p.name: {"type": p.kind.__name__, "default": p.default, "choices": p.choices,
+                                       "doc": p.doc} for p in m.parameters}}
+        for name, m in registered_methods().items()}}
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    described = describe_methods()
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for name, m in described["methods"].items():
+        low, high = m["tasks"]
+        count = f"{low} task vector" if low == high else f"{low}+ task vectors"
+        print(f"{name}  ({m['pretty_name']}; {count})\n    {m['description']}")
+        for pname, p in m["parameters"].items():
+            choices = f" one of {', '.join(map(str, p['choices']))};" if p["choices"] else ""
+            print(f"    {pname:<12} {p['type']:<5} default {p['default']!r};{choices} {p['doc']}")
+    print("mask variants: " + ", ".join(described["mask_variants"]))
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
@@ -188,7 +229,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "inspect": _cmd_inspect, "quickstart": _cmd_quickstart}
+COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "inspect": _cmd_inspect, "methods": _cmd_methods,
+            "quickstart": _cmd_quickstart}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -246,3 +246,23 @@ def test_one_votes_file_for_a_multi_task_merge_is_refused(t5, tmp_path):
     raw = multi_task(t5, {"name": "merge_then_mask"})
     with pytest.raises(RecipeError, match=r"--votes gives one votes file.*tasks\[i\]\.votes"):
         transport(raw, tmp_path / "out", votes=tmp_path / "v.safetensors", progress=False)
+
+
+def test_cli_votes_of_one_task_and_methods_listing(t5, tmp_path, capsys):
+    path = tmp_path / "merge.yaml"
+    path.write_text(json.dumps(multi_task(t5, {"name": "merge_then_mask"})))
+    assert main(["votes", str(path), "-o", str(tmp_path / "v.safetensors")]) == 2
+    assert "the recipe has 2 tasks; choose one with --task (first, second)" in capsys.readouterr().err
+    assert main(["votes", str(path), "-o", str(tmp_path / "v.safetensors"), "--task", "thrid"]) == 2
+    assert "--task 'thrid': no such task" in capsys.readouterr().err
+    assert main(["votes", str(path), "-o", str(tmp_path / "v.safetensors"), "--task", "second", "--no-progress"]) == 0
+    votes = VotesFile.load(tmp_path / "v.safetensors")
+    recipe = Recipe.from_dict(multi_task(t5, {"name": "merge_then_mask"}))
+    assert votes.metadata["data_fingerprint"] == prepare(recipe, recipe.resolved_tasks()[1]).samples.fingerprint
+    capsys.readouterr()
+    assert main(["methods", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["methods"]["ties"]["parameters"]["variant"]["choices"] == ["paper", "original"]
+    assert listed["methods"]["multi_source"]["shared_vote"] is True
+    assert main(["methods"]) == 0
+    assert "merge_then_mask  (GradFix Merge-then-Mask; 1+ task vectors)" in capsys.readouterr().out
