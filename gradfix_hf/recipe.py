@@ -329,6 +329,8 @@ class Recipe:
         if self.evaluation is not None and tasks[0].data is None:
             raise RecipeError("evaluation: needs a data section to know the columns and labels.")
         method.check_tasks(len(tasks), "tasks" if self.tasks is not None else "models")
+        if self.method.parameters.get("normalize") and sum(t.weight for t in tasks) == 0:
+            raise RecipeError("tasks: method.normalize divides by the sum of the task weights, which is 0.")
         names = [t.name for t in tasks]
         for name in names:
             if names.count(name) > 1:

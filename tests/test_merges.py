@@ -225,6 +225,8 @@ def test_multi_source_needs_one_data_set(t5):
     (lambda r: r["tasks"][1].pop("data"), r"needs labelled samples for tasks\[1\]"),
     (lambda r: r["method"].update(mask="oracle"), r"tasks\[0\]\.target_finetuned: mask 'oracle' needs"),
     (lambda r: r.update(evaluation={"split": "test"}), r"evaluation: held-out scores are computed for single-task"),
+    (lambda r: [t.update(weight=w) for t, w in zip(r["tasks"], (1.0, -1.0))] and r["method"].update(normalize=True),
+     r"method\.normalize divides by the sum of the task weights, which is 0"),
 ])
 def test_bad_merge_recipes(t5, change, message):
     raw = multi_task(t5, {"name": "merge_then_mask"})

@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -85,7 +85,8 @@ def _spec(method: MergeMethod):
 
     shared = [MkParameter("alpha", float, mk.ParameterScope.SHARED, 1.0, "output = θ_B + alpha·delta"),
               MkParameter("force", bool, mk.ParameterScope.SHARED, False, "allow alpha outside (0, 1]")]
-    shared += [MkParameter(p.name, Optional[p.kind], mk.ParameterScope.SHARED, None, p.doc) for p in method.parameters]
+    shared += [MkParameter(p.name, Optional[p.kind], mk.ParameterScope.SHARED, None, p.doc)
+               for p in method.parameters]
     per_model = [MkParameter("source", str, mk.ParameterScope.NON_BASE, description="θ_A of this fine-tune "
                              "(local folder or Hub id): τ = fine-tune − θ_A")]
     if uses_votes(method):
@@ -207,10 +208,11 @@ def _stamp(reference: str) -> tuple:
     folder = Path(reference).expanduser()
     if not folder.is_dir():
         return ()
-    return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.suffix in (".json", ".safetensors"))
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
+    return tuple((p.name, p.stat().st_mtime_ns) for p in files)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _votes(path: str, stamp: tuple):
     from ..votes import VotesFile
 
@@ -235,9 +237,11 @@ def _aggregation(params: Mapping[str, Any], method: MergeMethod) -> str:
 
 
 def check_votes(votes, path: str, aggregation: str) -> None:
+    """Majority votes for every mask but ``mean``, which needs the sign of the summed gradient."""
     if votes.metadata["aggregation"] != aggregation:
         raise VotesFileError(f"{path}: votes were aggregated with {votes.metadata['aggregation']!r} but this mask "
-                             f"needs {aggregation!r} (mask 'mean' needs `gradfix votes` with mask: mean).")
+                             f"needs {aggregation!r} (mask 'mean' needs votes of a recipe with "
+                             "`method: {mask: mean}`).")
 
 
 @functools.lru_cache(maxsize=16)
@@ -280,7 +284,7 @@ def merge_tensor(method: MergeMethod, name: str, base: torch.Tensor, finetuned: 
     given = tuple(sorted((k, v) for k, v in parameters.items() if v is not None))
     _check_alpha(alpha, force, where)
     with _LOCK:
-        params = _validated(method.name, given, where)
+        params = dict(_validated(method.name, given, where))
         readers = [_source(s) for s in sources]
         keys = [r.key(name, names) for r in readers]
     if all(k is None for k in keys):
@@ -525,18 +529,22 @@ def _config_argument(command: Any, args: Sequence[str], prog: str) -> Optional[s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``gradfix-mergekit-yaml CONFIG OUT [mergekit-yaml options]``: mergekit-yaml with the GradFix methods
-    registered and their config checked first."""
+    registered and their config checked first. Exits with mergekit-yaml's status, or 2 on a GradFix error."""
     prog = "gradfix-mergekit-yaml"
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         register_methods()
-        from mergekit.scripts import run_yaml
+    except ImportError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    from mergekit.scripts import run_yaml
 
+    try:
         config_file = _config_argument(run_yaml.main, args, prog)
         if config_file is not None and Path(config_file).is_file():
             check_config(config_file)
         run_yaml.main.main(args=args, prog_name=prog)  # click: exits with mergekit-yaml's status
-    except (GradFixError, ImportError) as exc:
+    except GradFixError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
