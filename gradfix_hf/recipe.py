@@ -37,6 +37,19 @@ def parse_size(size: Union[int, str]) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
+def read_yaml_mapping(path: Path, what: str, expectation: str) -> dict:
+    """A YAML file that must hold a mapping, or a RecipeError naming the file and what is wrong."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: {what} file not found.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{path}: {expectation}.")
+    return dict(raw)
+
+
 def _closest(name: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else f" Valid keys: {', '.join(sorted(valid))}."
@@ -392,14 +405,7 @@ class Recipe:
                   overrides: Optional[Mapping[str, Any]] = None) -> "Recipe":
         """Read a YAML recipe; ``overrides`` (e.g. ``{"method": {"alpha": 0.5}}``) are merged in before validation."""
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"{path}: recipe file not found.")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, Mapping):
-            raise RecipeError(f"{path}: a recipe must be a YAML mapping with at least 'models'.")
+        raw = read_yaml_mapping(path, "recipe", "a recipe must be a YAML mapping with at least 'models'")
         for key, value in (overrides or {}).items():
             merge = isinstance(value, Mapping) and isinstance(raw.get(key), Mapping)
             raw[key] = {**raw[key], **value} if merge else value

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ..errors import CompatibilityError, GradFixError, RecipeError, VotesFileError
+from ..recipe import read_yaml_mapping
 from ..merge.methods import MergeMethod, TensorInputs
 from ..merge.methods import registered_methods as gradfix_registry
 
@@ -414,13 +415,7 @@ def _raw_config(config: Any) -> dict:
     import yaml
 
     if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if not path.is_file():
-            raise RecipeError(f"{path}: mergekit config not found.")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml_mapping(Path(config), "mergekit config", "a mergekit config must be a YAML mapping")
     elif isinstance(config, Mapping):
         raw = dict(config)
     else:  # a mergekit MergeConfiguration
