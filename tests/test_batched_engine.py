@@ -219,3 +219,22 @@ def test_engine_choice_from_recipe_and_cli(trios, tmp_path, capsys):
         Recipe.from_dict(recipe_dict("bert", trio, objective="callable", vote_engine="batched",
                                      model_class="AutoModelForSequenceClassification"),
                          loss_fn=lambda model, tokenizer, row: None)
+
+
+def test_t5_relative_position_bias_is_voted_per_sample_without_the_loop(trios):
+    """The [1, heads, q, k] bias shared by the batch gets per-sample copies: no exact fallback, same votes."""
+    prepared = prepare(Recipe.from_dict(recipe_dict("t5", trios("t5"), data={"samples_per_class": 4})))
+    names = prepared.plan.transported
+    tables = [n for n in names if n.endswith("relative_attention_bias.weight")]
+    assert len(tables) == 2  # encoder and decoder
+    details: dict = {}
+    model = load_base_model(prepared.plan)
+    fast = compute_votes_batched(model, prepared.objective, prepared.examples, names, micro_batch_size=3,
+                                 progress=False, details=details)
+    assert details["relative_bias"] == sorted(tables) and details["exact_fallback"] == []
+    assert "compute_bias" not in vars(model.encoder.block[0].layer[0].SelfAttention)  # wrapper removed
+    grads = _reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, tables)
+    for name in tables:
+        expected = -torch.sign(drop_noise(torch.stack([g[name] for g in grads]).float())).sum(0)
+        assert torch.equal(fast[0][name].to(torch.int32), expected.to(torch.int32)), name
+        assert (fast[0][name] != 0).any()

@@ -9,10 +9,12 @@ two (Opacus-style "grad samplers"), turned into signs and folded into the intege
   ``padding_idx`` excluded exactly as PyTorch's backward does,
 * ``nn.LayerNorm``: Σ_t δ ⊙ x̂ and Σ_t δ,
 * ``nn.Conv2d`` (patch embeddings): unfold + einsum,
+* T5-family relative-position biases (an embedding looked up with [q, k] bucket ids, no batch dimension,
+  then broadcast over the batch): the bias is expanded to one copy per sample, so its backward receives
+  each sample's gradient, which is scattered back onto the buckets,
 * any other module owning a voted parameter and taking one batched tensor (RMSNorm, T5LayerNorm, CLIP
   embeddings, ...): ``torch.func.vmap(grad(...))`` over that module alone,
-* whatever is left (e.g. a shared relative-position bias computed without a batch dimension): the exact
-  one-sample loop, restricted to those parameters.
+* whatever is left: the exact one-sample loop, restricted to those parameters.
 
 Parameters used by several modules (tied embeddings / LM head) sum their per-sample contributions before the
 sign. Position embeddings looked up once for the whole batch ([1, T]) are expanded to [B, T] so each sample
@@ -109,6 +111,82 @@ def _rule_applies(module: nn.Module) -> bool:
     return isinstance(module, RULE_TYPES)
 
 
+class _PerSampleCopies(torch.autograd.Function):
+    """Identity that gives every sample its own copy of a batch-shared tensor ([1, ...] → [B, ...]); its
+    backward hands the per-sample gradients to ``callback`` and returns their sum (what broadcasting gives)."""
+
+    @staticmethod
+    def forward(ctx, shared, batch, callback):
+        ctx.callback = callback
+        return shared.expand(batch, *shared.shape[1:]).clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.callback(grad)
+        return grad.sum(0, keepdim=True), None, None
+
+
+def relative_bias_modules(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """T5-family attention modules with a relative-position bias: their bias embedding → the module."""
+    found = {}
+    for module in model.modules():
+        table = getattr(module, "relative_attention_bias", None)
+        if isinstance(table, nn.Embedding) and callable(getattr(module, "compute_bias", None)):
+            found[table] = module
+    return found
+
+
+class _RelativeBias:
+    """Per-sample votes of T5 relative-position bias tables without the one-sample loop.
+
+    ``compute_bias`` returns a [1, heads, q, k] bias shared by the batch (and by every layer of the stack).
+    During the vote it is wrapped so that each sample gets its own copy; the copy's backward then holds
+    ∂ℓ_n/∂bias_n summed over the layers that used it, and the gradient of the table row of bucket b is the
+    sum over the (q, k) positions in bucket b, per sample (a scatter-add).
+    """
+
+    def __init__(self, tables: dict[nn.Module, tuple[nn.Module, str]], fold: "VoteFold"):
+        self.tables = tables  # embedding → (attention module, vote name)
+        self.fold = fold
+        self.batch = 0
+        self.active = False
+        self.buckets: dict[nn.Module, torch.Tensor] = {}
+        self.handles = [table.register_forward_hook(self._capture) for table in tables]
+        self.originals = {}
+        for table, (attention, name) in tables.items():
+            self.originals[attention] = attention.compute_bias
+            attention.compute_bias = self._wrap(attention, table, name)
+
+    def _capture(self, table, args, output):
+        self.buckets[table] = args[0].detach()
+
+    def _wrap(self, attention, table, name):
+        original = attention.compute_bias
+
+        def compute_bias(*args, **kwargs):
+            bias = original(*args, **kwargs)
+            if not self.active or not torch.is_grad_enabled():
+                return bias
+            buckets = self.buckets.pop(table)
+            return _PerSampleCopies.apply(bias.detach().requires_grad_(True), self.batch,
+                                          lambda grad: self._fold(table, name, buckets, grad))
+
+        return compute_bias
+
+    def _fold(self, table: nn.Module, name: str, buckets: torch.Tensor, grad: torch.Tensor) -> None:
+        batch, heads = grad.shape[0], grad.shape[1]
+        per_position = grad.permute(0, 2, 3, 1).reshape(batch, -1, heads).float()  # [B, q·k, heads]
+        per_sample = torch.zeros(batch, table.num_embeddings, heads, dtype=torch.float32, device=grad.device)
+        per_sample.index_add_(1, buckets.reshape(-1), per_position)
+        self.fold.dense(name, per_sample)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for attention in self.originals:
+            del attention.compute_bias  # back to the class's method
+
+
 class _Recorder:
     """Forward/backward hooks that turn each call of a hooked module into per-sample gradient factors."""
 
@@ -164,12 +242,19 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
     params = voted_parameters(model, parameter_names, aggregation)
     wanted = {id(p): n for n, p in params.items()}
 
+    bias_tables = relative_bias_modules(model)
     owners: dict[nn.Module, list[tuple[str, str]]] = defaultdict(list)
+    tables: dict[nn.Module, tuple[nn.Module, str]] = {}
+    shared = _shared_parameter_ids(model)
     for module in model.modules():
         for pname, p in module._parameters.items():
             if p is not None and id(p) in wanted:
-                owners[module].append((pname, wanted[id(p)]))
+                if module in bias_tables and pname == "weight" and id(p) not in shared:
+                    tables[module] = (bias_tables[module], wanted[id(p)])
+                else:
+                    owners[module].append((pname, wanted[id(p)]))
     fold = VoteFold(params, len(examples), aggregation)
+    relative = _RelativeBias(tables, fold)
     recorder = _Recorder(owners)
     try:
         classes, fallback = _probe(model, objective, examples, recorder, owners)
@@ -182,10 +267,13 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
                         contributions[name] += 1
         if details is not None:
             details.update(_describe(classes, owners, fallback))
+            details["relative_bias"] = sorted(name for _, name in tables.values())
+        relative.active = True
         _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size,
-                     progress, description)
+                     progress, description, relative)
     finally:
         recorder.close()
+        relative.close()
     if fallback:
         _exact_fallback(model, objective, examples, [params[n] for n in fallback], fallback, fold, progress)
     return fold.result()
@@ -256,8 +344,18 @@ def _probe(model, objective, examples, recorder, owners) -> tuple[dict, list[str
     return classes, fallback
 
 
+def _shared_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters owned by more than one module (tied weights): they need the general summing path."""
+    seen, shared = set(), set()
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                (shared if id(p) in seen else seen).add(id(p))
+    return shared
+
+
 def _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size, progress,
-                 description):
+                 description, relative=None):
     pending: dict[str, list] = defaultdict(list)
 
     def on_factor(module, x, grad):
@@ -279,6 +377,8 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
         chunk = list(examples[start:start + micro_batch_size])
         recorder.calls.clear()
         recorder.batch = len(chunk)
+        if relative is not None:
+            relative.batch = len(chunk)
         losses = objective.batch_losses(model, _on_device(objective.collate(chunk), _device(model)))
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).nonzero()[0]) + start
