@@ -1,17 +1,54 @@
-"""Lazy, tensor-by-tensor access to a model's weights (safetensors memory-mapped; pickle only if allowed).
+"""Lazy, tensor-by-tensor access to a model's weights (safetensors read tensor by tensor; pickle only if allowed).
 
 The merge stage never loads a whole model: it asks a :class:`CheckpointReader` for one tensor at a time.
+Safetensors tensors are read with ``pread`` into fresh memory at the offsets of the file's header, not through a
+memory map: a mapped page stays in the process's resident set for as long as the file is open, so reading every
+tensor of three checkpoints through maps would keep all of them resident (file-backed RSS) until the end of the
+merge; read this way, only the tensors in use are resident. Where ``pread`` is unavailable (or the host is
+big-endian, or the dtype is unusual) the tensor comes from ``safetensors.safe_open`` as before.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import ModelResolutionError, NonFiniteError
 from .hub import ResolvedModel
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+_READABLE = {**DTYPES, **{name: getattr(torch, attr) for name, attr in (
+    ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"),
+    ("U64", "uint64")) if hasattr(torch, attr)}}
+_PREAD = sys.byteorder == "little" and hasattr(os, "preadv")  # safetensors stores little-endian bytes
+
+
+class _Entry(NamedTuple):
+    """Where one tensor's bytes are: file, safetensors dtype name, shape, absolute byte range."""
+
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _read_header(path: Path) -> dict[str, _Entry]:
+    """The tensor table of a safetensors file: an 8-byte little-endian length, then that many bytes of JSON."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    start = 8 + length
+    return {key: _Entry(path, info["dtype"], tuple(info["shape"]), start + info["data_offsets"][0],
+                        start + info["data_offsets"][1])
+            for key, info in header.items() if key != "__metadata__"}
 
 
 class CheckpointReader:
@@ -21,13 +58,24 @@ class CheckpointReader:
         self.model = model
         self.role = model.role
         self._handles: dict[Path, object] = {}
+        self._fds: dict[Path, int] = {}
         self._where: dict[str, Path] = {}
+        self._entries: dict[str, _Entry] = {}
         self._pickled: dict[str, torch.Tensor] = {}
         for path in model.weight_files:
             if model.weight_format == "safetensors":
-                handle = self._open(path)
-                for key in handle.keys():
+                handle = self._open(path)  # validates the header and the file's length
+                keys = list(handle.keys())
+                try:
+                    entries = _read_header(path)
+                except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                    raise ModelResolutionError(
+                        f"{self.role}: corrupt or truncated checkpoint file {path}: {exc}") from None
+                for key in keys:
                     self._where[key] = path
+                    if key in entries:
+                        self._entries[key] = entries[key]
+                del self._handles[path]  # reopened only for a tensor that cannot be read directly
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 for key, value in state.items():
@@ -43,6 +91,24 @@ class CheckpointReader:
                 raise ModelResolutionError(f"{self.role}: corrupt or truncated checkpoint file {path}: {exc}") from None
         return self._handles[path]
 
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._fds[path]
+
+    def close(self) -> None:
+        """Close the files (the reader reopens them if asked for another tensor)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._handles.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
     def keys(self) -> list[str]:
         return list(self._where)
 
@@ -52,25 +118,56 @@ class CheckpointReader:
     def shape(self, key: str) -> tuple[int, ...]:
         if key in self._pickled:
             return tuple(self._pickled[key].shape)
+        if key in self._entries:
+            return self._entries[key].shape
         return tuple(self._open(self._where[key]).get_slice(key).get_shape())
 
     def dtype(self, key: str) -> torch.dtype:
         if key in self._pickled:
             return self._pickled[key].dtype
-        names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}
-        return names.get(self._open(self._where[key]).get_slice(key).get_dtype(), torch.float32)
+        name = self._entries[key].dtype if key in self._entries else self._open(self._where[key]).get_slice(key).get_dtype()
+        return DTYPES.get(name, torch.float32)
 
     def get(self, key: str) -> torch.Tensor:
         if key in self._pickled:
             return self._pickled[key]
+        entry = self._entries.get(key)
+        if _PREAD and entry is not None and entry.dtype in _READABLE:
+            tensor = self._pread(key, entry)
+            if tensor is not None:
+                return tensor
         try:
             return self._open(self._where[key]).get_tensor(key)
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelResolutionError(
                 f"{self.role}: cannot read tensor {key!r} from {self._where[key]} (corrupt or truncated?): {exc}"
             ) from None
+
+    def _pread(self, key: str, entry: _Entry) -> Optional[torch.Tensor]:
+        """The tensor's bytes read into a new tensor (no memory map); None if this dtype has no byte view."""
+        tensor = torch.empty(entry.shape, dtype=_READABLE[entry.dtype])
+        size = entry.end - entry.begin
+        if tensor.numel() * tensor.element_size() != size:
+            raise ModelResolutionError(f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or "
+                                       f"truncated?): {size} bytes for shape {list(entry.shape)} {entry.dtype}")
+        if size == 0:
+            return tensor
+        try:
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        except (RuntimeError, TypeError):
+            return None
+        done = 0
+        try:
+            fd = self._fd(entry.path)
+            while done < size:
+                count = os.preadv(fd, [view[done:]], entry.begin + done)
+                if count <= 0:
+                    raise OSError(f"the file ends before byte {entry.end}")
+                done += count
+        except OSError as exc:
+            raise ModelResolutionError(
+                f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or truncated?): {exc}") from None
+        return tensor
 
     def get_float(self, key: str) -> torch.Tensor:
         """The tensor in fp32, checked for NaN/inf."""
@@ -84,8 +181,18 @@ class CheckpointReader:
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
+    """Raise :class:`NonFiniteError` if a float tensor holds NaN or ±inf.
+
+    Fast path: one sum (a reduction, no temporary as large as the tensor). A NaN or an infinity makes the sum
+    non-finite, so a finite sum proves every value finite; a non-finite sum (which finite values can also give
+    by overflowing) is settled by counting with ``isfinite``.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    if bool(torch.isfinite(tensor.sum())):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
         raise NonFiniteError(f"{what} has {bad} NaN/inf value(s).")
 
 

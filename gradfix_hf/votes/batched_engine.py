@@ -73,12 +73,10 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
         xhat = F.layer_norm(x[rows].float(), shape, eps=module.eps).reshape(gf.shape)
         return (gf * xhat).sum(1)
     if isinstance(module, nn.Embedding):
-        ids = x[rows].reshape(x[rows].shape[0], -1)
-        gf = g[rows].reshape(ids.shape[0], -1, module.embedding_dim)
-        if module.padding_idx is not None:
-            gf = gf * (ids != module.padding_idx).unsqueeze(-1)
-        out = torch.zeros(ids.shape[0], module.num_embeddings, module.embedding_dim, dtype=gf.dtype, device=gf.device)
-        return out.scatter_add_(1, ids.unsqueeze(-1).expand_as(gf), gf)
+        out = torch.zeros(x[rows].shape[0], module.num_embeddings, module.embedding_dim, dtype=g.dtype,
+                          device=g.device)
+        _add_embedding_rows(out, module, x, g, rows)
+        return out
     if isinstance(module, nn.Conv2d):
         gf = g[rows]
         if pname == "bias":
@@ -408,13 +406,29 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
         return
     numel = factors[0][0]._parameters[factors[0][1]].numel()
     step = max(1, CHUNK_ELEMENTS // max(numel, 1))
+    # dense uses first; an embedding's sparse rows are then added in place (a tied LM head never materialises
+    # a second dense [c, vocab, dim] tensor per chunk)
+    ordered = sorted(factors, key=lambda f: isinstance(f[0], nn.Embedding))
     for lo in range(0, batch, step):
         rows = slice(lo, min(batch, lo + step))
         total = None
-        for module, pname, x, grad in factors:
-            part = _per_sample(module, pname, x, grad, rows).float()
-            total = part if total is None else total + part
+        for module, pname, x, grad in ordered:
+            if total is not None and isinstance(module, nn.Embedding):
+                _add_embedding_rows(total, module, x, grad, rows)
+                continue
+            part = _per_sample(module, pname, x, grad, rows)
+            total = part.float() if total is None else total.add_(part)
         fold.dense(name, total)
+
+
+def _add_embedding_rows(total: torch.Tensor, module: nn.Embedding, x: torch.Tensor, g: torch.Tensor,
+                        rows: slice) -> None:
+    """total[c, vocab, dim] += the per-sample embedding gradient (rows of the tokens each sample contains)."""
+    ids = x[rows].reshape(x[rows].shape[0], -1)
+    gf = g[rows].reshape(ids.shape[0], -1, module.embedding_dim).to(total.dtype)
+    if module.padding_idx is not None:
+        gf = gf * (ids != module.padding_idx).unsqueeze(-1)
+    total.scatter_add_(1, ids.unsqueeze(-1).expand_as(gf), gf)
 
 
 def _exact_fallback(model, objective, examples, tensors, names, fold, progress) -> None:
