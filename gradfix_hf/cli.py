@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask", help="override method.mask (a mask variant: see `gradfix methods`)")
     run.add_argument("--force", action="store_true", help="allow alpha outside (0, 1]")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    run.add_argument("--push-to-hub", metavar="ORG/NAME",
+                     help="then push the output folder to this Hub repo in one commit (created if needed; the token "
+                          "comes from HF_TOKEN or `hf auth login` and is checked before the run)")
+    run.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     votes = sub.add_parser("votes", help="compute the votes file of a recipe (stage 1 only)",
                            description="Compute per-sample gradient-sign votes on the target and write them.")
@@ -51,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     votes.add_argument("-o", "--output", required=True, help="votes file to write (.safetensors)")
     votes.add_argument("--task", help="with a tasks list: the task (name) whose votes to compute")
     votes.add_argument("--overwrite", action="store_true", help="replace an existing votes file")
+
+    push = sub.add_parser("push", help="push an output folder to the Hugging Face Hub in one commit",
+                          description="Create the Hub repo if needed and upload a finished output folder (weights, "
+                                      "config, tokenizer, model card, report, recipe) in one commit. The token "
+                                      "comes from HF_TOKEN or `hf auth login`.")
+    push.add_argument("output", help="a gradfix output folder")
+    push.add_argument("repo_id", metavar="ORG/NAME", help="the Hub model repo")
+    push.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if needed)")
+    push.add_argument("--commit-message", help="commit title (default: method, models, α, N, kept fraction)")
 
     methods = sub.add_parser("methods", help="list the merge methods, their parameters and the mask variants",
                              description="List the registered merge methods with their parameters and defaults.")
@@ -104,6 +118,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .votes.distributed import launched_rank
 
     recipe = _load_recipe(args)
+    if args.private and not args.push_to_hub:
+        raise GradFixError("--private is for --push-to-hub ORG/NAME.")
+    if args.push_to_hub and launched_rank() == 0:
+        from .hub import check_push_token
+
+        user = check_push_token(args.push_to_hub)  # a missing or rejected token fails now, not after the run
+        logging.getLogger("gradfix_hf").info("Hub token accepted (user %s)", user)
     result = run_recipe(recipe, args.output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
                         progress=not args.no_progress)
     if result is None or launched_rank() != 0:  # several processes: the main one wrote the folder and prints
@@ -111,11 +132,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(result, indent=2, default=str))
         print("dry run: recipe, models and data are valid; nothing was computed or written.")
+        if args.push_to_hub:
+            print(f"the Hub token is valid; a real run would push to {args.push_to_hub}.")
         return 0
     totals = result.report["totals"]
     print(format_evaluation(result.evaluation))
     print(f"kept {totals['kept_fraction']:.4f} of τ_A over {totals['transported_coordinates']} coordinates")
     print(f"wrote {result.output_dir}")
+    if args.push_to_hub:
+        _print_push(result.output_dir, result.push_to_hub(args.push_to_hub, private=args.private or None))
+    return 0
+
+
+def _print_push(folder: Path, commit) -> None:
+    print(f"pushed {folder} to {commit.repo_url} in commit {commit.oid}")
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .output_folder import push_output_folder
+
+    folder = Path(args.output)
+    if not folder.is_dir():
+        raise GradFixError(f"{folder}: no such output folder.")
+    commit = push_output_folder(folder, args.repo_id, private=args.private or None, revision=args.revision,
+                                commit_message=args.commit_message)
+    _print_push(folder, commit)
     return 0
 
 
@@ -169,7 +210,9 @@ def inspect_path(path: Path, top: int = 10) -> dict:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+    from .hub import local_path
+
+    path = local_path(args.path, where="inspect")  # a local path, or an hf:// reference to a votes file
     if not path.exists():
         raise GradFixError(f"{path}: no such file or folder.")
     summary = inspect_path(path, args.top)
@@ -230,7 +273,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "inspect": _cmd_inspect, "methods": _cmd_methods,
-            "quickstart": _cmd_quickstart}
+            "quickstart": _cmd_quickstart, "push": _cmd_push}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

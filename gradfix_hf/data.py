@@ -31,9 +31,19 @@ class LabelledSamples:
         return len(self.rows)
 
 
+#: attribute set on a data set pulled from the Hub: {"repo_id", "revision", "commit_hash"}
+HUB_PROVENANCE = "gradfix_hub_source"
+
+
 def load_split(path: str, *, name: Optional[str] = None, split: str = "train", revision: Optional[str] = None,
-               where: str = "data"):
-    """A ``datasets.Dataset`` from a local file/folder or a Hub dataset id."""
+               where: str = "data", token: Optional[str] = None):
+    """A ``datasets.Dataset`` from a local file/folder or a Hub dataset id.
+
+    A Hub id is pulled with ``huggingface_hub`` (:func:`gradfix_hf.hub.snapshot_dataset`: the card, then only
+    the data files of config ``name``, pinned to the commit ``revision`` resolves to, through the local cache
+    and HF_HUB_OFFLINE) and read by ``datasets`` from that snapshot; the data set then carries its repo id and
+    commit (``HUB_PROVENANCE``), which the run records.
+    """
     import datasets
 
     local = Path(path).expanduser()
@@ -50,7 +60,15 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         if path.startswith((".", "/", "~")) and not local.exists():
             raise DataError(f"{where}.path: {local} does not exist.")
-        return datasets.load_dataset(path, name, split=split, revision=revision)
+        if local.is_dir():
+            return datasets.load_dataset(str(local), name, split=split)
+        from .hub import snapshot_dataset
+
+        folder, commit = snapshot_dataset(path, name=name, revision=revision, token=token, where=where,
+                                          error=DataError)
+        loaded = datasets.load_dataset(str(folder), name, split=split)
+        setattr(loaded, HUB_PROVENANCE, {"repo_id": path, "revision": revision, "commit_hash": commit})
+        return loaded
     except DataError:
         raise
     except Exception as exc:  # datasets also raises its own hierarchy (DatasetNotFoundError, ...)
@@ -79,9 +97,23 @@ def _has_no_rows(local: Path) -> bool:
     return not lines or "".join(lines).replace(" ", "") == "[]"
 
 
-def describe_source(path: str, split: str) -> str:
-    """``path`` for a local file, ``path:split`` for a Hub dataset or a saved DatasetDict."""
-    return path if Path(path).expanduser().is_file() else f"{path}:{split}"
+def describe_source(path: str, split: str, dataset=None) -> str:
+    """``path`` for a local file, ``path:split`` for a saved DatasetDict, ``repo@commit:split`` for a Hub
+    data set (when ``dataset`` carries its provenance), else ``path:split``."""
+    if Path(path).expanduser().is_file():
+        return path
+    hub = getattr(dataset, HUB_PROVENANCE, None) if dataset is not None else None
+    if hub and hub.get("commit_hash"):
+        return f"{hub['repo_id']}@{hub['commit_hash']}:{split}"
+    return f"{path}:{split}"
+
+
+def _with_commit(dataset, source: str) -> str:
+    """``source`` (``repo:split``) with the commit of a Hub data set inserted, when known and missing."""
+    hub = getattr(dataset, HUB_PROVENANCE, None)
+    if not hub or not hub.get("commit_hash") or "@" in source or not source.startswith(hub["repo_id"] + ":"):
+        return source
+    return f"{hub['repo_id']}@{hub['commit_hash']}{source[len(hub['repo_id']):]}"
 
 
 def _check_columns(dataset, columns: list[str], where: str) -> None:
@@ -109,7 +141,7 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
                      fingerprint_extra: Optional[dict] = None) -> LabelledSamples:
     """K samples per class, drawn with ``data.seed`` (stratified, reproducible)."""
     columns = [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column]
-    source = describe_source(data_cfg.path, data_cfg.split)
+    source = describe_source(data_cfg.path, data_cfg.split, dataset)
     if len(dataset) == 0:
         raise DataError(f"{where}: {source} is empty (no rows).")
     _check_columns(dataset, columns, f"{where} ({source})")
@@ -129,13 +161,13 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
     rows = [dataset[i] for i in chosen]
     labels = [label_space.index(r[data_cfg.label_column], where) for r in rows]
     fp = fingerprint([{c: r[c] for c in columns if c} for r in rows], labels, fingerprint_extra or {})
-    return LabelledSamples(rows=rows, labels=labels, source=describe_source(data_cfg.path, data_cfg.split),
-                           fingerprint=fp)
+    return LabelledSamples(rows=rows, labels=labels, source=source, fingerprint=fp)
 
 
 def evaluation_samples(dataset, data_cfg, label_space: LabelSpace, max_samples: Optional[int], source: str,
                        where: str = "evaluation") -> LabelledSamples:
     """All (or the first ``max_samples``) rows of a held-out split, labels checked against the label set."""
+    source = _with_commit(dataset, source)
     if len(dataset) == 0:
         raise DataError(f"{where}: the evaluation split {source} is empty.")
     _check_columns(dataset, [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column],

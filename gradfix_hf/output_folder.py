@@ -67,9 +67,53 @@ def _results_table(evaluation: Optional[dict]) -> str:
     return "\n".join(lines)
 
 
+def _model_name(model: dict) -> str:
+    return model.get("repo_id") or model["path"]
+
+
+def _tasks(report: dict) -> list[dict]:
+    return report.get("tasks") or [{"name": "task0", "models": report["models"], "votes": report.get("votes")}]
+
+
+ROLE_NAMES = {"models.source": "θ_A (source)", "models.source_finetuned": "θ_A^ft (source fine-tune)",
+              "models.target": "θ_B (target, base model)", "models.target_finetuned": "θ_B^ft (oracle)"}
+
+
+def _provenance_table(report: dict) -> str:
+    """Every model with its Hub id (or local path), revision and resolved commit; data and votes sources."""
+    lines = ["| task | role | model | revision | commit |", "|---|---|---|---|---|"]
+    for i, task in enumerate(_tasks(report)):
+        for role, model in task["models"].items():
+            if role == "models.target" and i > 0:  # one target for every task
+                continue
+            where = "Hub" if model.get("repo_id") else "local"
+            name = _model_name(model) + (f" (subfolder `{model['subfolder']}`)" if model.get("subfolder") else "")
+            commit = f"`{model['commit_hash']}`" if model.get("commit_hash") else "–"
+            lines.append(f"| {task['name']} | {ROLE_NAMES.get(role, role)} | `{name}` ({where}) | "
+                         f"{model.get('revision') or '–'} | {commit} |")
+    extra = []
+    for task in _tasks(report):
+        votes = task.get("votes") or {}
+        if votes.get("data_source"):
+            extra.append(f"- task `{task['name']}` vote samples: `{votes['data_source']}`"
+                         f" (fingerprint `{votes.get('data_fingerprint')}`)")
+        if votes.get("file"):
+            extra.append(f"- task `{task['name']}` votes file: `{votes['file']}`")
+    return "\n".join(lines + ([""] + extra if extra else []))
+
+
+def _kept_table(report: dict) -> str:
+    per_tensor = report.get("per_tensor") or {}
+    lines = ["| tensor | coordinates | kept fraction |", "|---|---|---|"]
+    lines += [f"| `{name}` | {stats['numel']} | {stats['kept_fraction']:.4f} |" for name, stats in per_tensor.items()]
+    return "\n".join(lines)
+
+
 def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag: Optional[str],
                      datasets: Optional[list[str]] = None) -> None:
-    """README.md with Hub metadata (base_model = the target, base_model_relation, tags) and the results."""
+    """README.md made with huggingface_hub's ``ModelCard``/``ModelCardData``: Hub metadata (``base_model`` = the
+    target when it is a Hub id, ``base_model_relation: merge``, tags, datasets, library, pipeline tag) and the
+    method, α, N, kept fractions, provenance (commits), evaluation table, recipe and the paper."""
     target = report["models"]["models.target"]
     source_ft = report["models"]["models.source_finetuned"]
     data = ModelCardData(
@@ -79,19 +123,16 @@ def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag:
     )
     totals = report["totals"]
     method = dict(report["method"])
-    tasks = report.get("tasks") or [{"name": "task0", "models": report["models"], "votes": report.get("votes")}]
+    tasks = _tasks(report)
     settings = ", ".join(f"{k}: `{v}`" for k, v in method.items() if k not in ("name", "alpha"))
 
-    def name(model: dict) -> str:
-        return model["repo_id"] or model["path"]
-
     if len(tasks) == 1:
-        title = f"GradFix transport of `{name(source_ft)}` onto `{name(target)}`"
+        title = f"GradFix transport of `{_model_name(source_ft)}` onto `{_model_name(target)}`"
     else:
-        title = f"GradFix `{method['name']}` merge of {len(tasks)} task vectors onto `{name(target)}`"
+        title = f"GradFix `{method['name']}` merge of {len(tasks)} task vectors onto `{_model_name(target)}`"
     task_lines = "\n".join(
-        f"- task `{t['name']}`: fine-tune `{name(t['models']['models.source_finetuned'])}` of "
-        f"`{name(t['models']['models.source'])}`, weight {t.get('weight', 1.0)}, vote samples "
+        f"- task `{t['name']}`: fine-tune `{_model_name(t['models']['models.source_finetuned'])}` of "
+        f"`{_model_name(t['models']['models.source'])}`, weight {t.get('weight', 1.0)}, vote samples "
         f"N = {t['votes']['n_samples'] if t.get('votes') else 0}" for t in tasks)
     content = f"""---
 {data.to_yaml()}
@@ -114,13 +155,71 @@ pre-trained models, masked coordinate by coordinate with GradFix
 
 {_results_table(report.get('evaluation'))}
 
+## Provenance
+
+{_provenance_table(report)}
+
+## Kept fraction per tensor
+
+<details>
+<summary>{len(report.get('per_tensor') or {})} tensors, {totals['transported_coordinates']} coordinates, kept \
+{totals['kept_fraction']:.4f} overall</summary>
+
+{_kept_table(report)}
+
+</details>
+
 ## Recipe
 
 ```yaml
 {recipe_yaml.rstrip()}
 ```
+
+## Citation
+
+GradFix: [Gradient-Sign Masking for Task Vector Transport Across Pre-Trained Models]({PAPER_URL}) (ICLR 2026).
 """
     ModelCard(content).save(folder / "README.md")
+
+
+def _short_name(model: dict) -> str:
+    return model.get("repo_id") or Path(model["path"]).name
+
+
+def default_commit_message(report: dict) -> str:
+    """One line naming the method, the models (Hub ids, or local folder names), α, N and the kept fraction."""
+    method, tasks = report["method"], _tasks(report)
+    target = _short_name(report["models"]["models.target"])
+    n = ", ".join(str(t["votes"]["n_samples"]) for t in tasks if t.get("votes")) or "–"
+    mask = f" (mask {method['mask']})" if method.get("mask") else ""
+    if len(tasks) == 1:
+        source_ft = _short_name(report["models"]["models.source_finetuned"])
+        what = f"GradFix {method['name']}{mask}: {source_ft} onto {target}"
+    else:
+        what = f"GradFix {method['name']}{mask}: {len(tasks)} task vectors onto {target}"
+    return f"{what}, α={method['alpha']:g}, N={n}, kept {report['totals']['kept_fraction']:.4f}"
+
+
+def default_commit_description(report: dict) -> str:
+    return (f"Made with gradfix_hf {report['library_version']} ({PAPER_URL}).\n\n"
+            f"{_results_table(report.get('evaluation'))}\n\n{_provenance_table(report)}\n")
+
+
+def push_output_folder(folder: Path, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                       revision: Optional[str] = None, commit_message: Optional[str] = None,
+                       commit_description: Optional[str] = None):
+    """Push a finished gradfix output folder (it has a report and a model card) to ``repo_id`` in one commit."""
+    from .hub import push_folder
+
+    folder = Path(folder)
+    if ".partial-" in folder.name:
+        raise GradFixError(f"{folder} is an unfinished output folder (an interrupted run); it is not pushed.")
+    report = read_report(folder)
+    if not (folder / "README.md").is_file():
+        raise GradFixError(f"{folder}: no README.md (model card); not a complete gradfix output folder.")
+    return push_folder(folder, repo_id, private=private, token=token, revision=revision,
+                       commit_message=commit_message or default_commit_message(report),
+                       commit_description=commit_description or default_commit_description(report))
 
 
 def write_report(folder: Path, report: dict) -> None:

@@ -25,10 +25,11 @@ from . import compatibility as compat
 from .compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT
 from .data import LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split, select_per_class
 from .errors import GradFixError, RecipeError, VotesFileError
-from .hub import ResolvedModel, resolve_model
+from .hub import ResolvedModel, local_path, pinned_reference, resolve_model
 from .merge.streaming import MergeJob, apply_in_memory, load_base_model, merge_to_folder
 from .objectives import OBJECTIVES, CallableObjective, Objective
-from .output_folder import RECIPE_NAME, atomic_folder, check_destination, read_report, write_model_card, write_report
+from .output_folder import (RECIPE_NAME, atomic_folder, check_destination, push_output_folder, read_report,
+                            write_model_card, write_report)
 from .recipe import Recipe, ResolvedTask
 from .version import __version__
 from .votes import VotesFile, params_fingerprint
@@ -85,7 +86,8 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     refs = {SOURCE: task.models.source, SOURCE_FT: task.models.source_finetuned, TARGET: task.models.target}
     if task.models.target_finetuned is not None:
         refs[TARGET_FT] = task.models.target_finetuned
-    models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token)
+    models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token,
+                                  trust_remote_code=recipe.trust_remote_code)
               for role, ref in refs.items()}
     names = {role: m.name for role, m in models.items()}
     configs = {role: compat.load_config(m, recipe.trust_remote_code) for role, m in models.items()}
@@ -107,7 +109,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
         if tokenizer is None and recipe.objective != "callable":
             raise GradFixError(f"{TARGET}: no tokenizer found in {names[TARGET]} (nor in the source models).")
         dataset = load_split(data.path, name=data.name, split=data.split,
-                             revision=data.revision, where="data")
+                             revision=data.revision, where="data", token=token)
         if objective_cls is CallableObjective:
             if data.label_column not in dataset.column_names:
                 raise GradFixError(f"data: label column {data.label_column!r} not in {dataset.column_names}.")
@@ -126,7 +128,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             ev = recipe.evaluation
             path = ev.path or data.path
             eval_set = load_split(path, name=ev.name or data.name, split=ev.split,
-                                  revision=ev.revision or data.revision, where="evaluation")
+                                  revision=ev.revision or data.revision, where="evaluation", token=token)
             eval_samples = evaluation_samples(eval_set, data, labels, ev.max_samples,
                                               describe_source(path, ev.split))
     return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
@@ -186,7 +188,7 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
 
 def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> VotesFile:
     """A votes file checked against this run's target, parameter set and aggregation."""
-    votes = VotesFile.load(path)
+    votes = VotesFile.load(local_path(path, where="votes", error=VotesFileError))  # a file or an hf:// reference
     target = prepared.models[TARGET]
     votes.check_target(prepared.voted_shapes, target=target.name, commit_hash=target.commit_hash, source=str(path))
     if votes.metadata["aggregation"] != _aggregation(prepared.recipe):
@@ -269,18 +271,16 @@ class TransportResult:
         return destination
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
-                    revision: Optional[str] = None, commit_message: Optional[str] = None):
-        """Create ``repo_id`` if needed and upload the output folder in one commit."""
-        from huggingface_hub import HfApi
+                    revision: Optional[str] = None, commit_message: Optional[str] = None,
+                    commit_description: Optional[str] = None):
+        """Create ``repo_id`` if needed and upload the output folder (weights, config, tokenizer, model card,
+        report, recipe) to branch ``revision`` (default main) in one commit; see :func:`gradfix_hf.hub.push_folder`.
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        method = self.report["method"]
-        detail = f", mask {method['mask']}" if "mask" in method else ""
-        message = commit_message or (f"GradFix {method['name']}{detail}, α={method['alpha']} "
-                                     f"(gradfix_hf {__version__})")
-        return api.upload_folder(repo_id=repo_id, folder_path=str(self.output_dir), revision=revision,
-                                 commit_message=message)
+        The token comes from ``token`` or the standard places (HF_TOKEN, ``hf auth login``); ``private``
+        applies when the repo is created. Returns huggingface_hub's ``CommitInfo`` (``.oid``, ``.commit_url``).
+        """
+        return push_output_folder(self.output_dir, repo_id, private=private, token=token, revision=revision,
+                                  commit_message=commit_message, commit_description=commit_description)
 
     def __repr__(self) -> str:
         return f"TransportResult(output_dir={str(self.output_dir)!r}, kept_fraction={self.report['totals']['kept_fraction']:.4f})"
@@ -378,7 +378,8 @@ def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) ->
             "models": {role: m.describe() for role, m in run.models.items()},
             "votes": None if votes is None else {
                 "n_samples": votes.n_samples, "aggregation": votes.metadata["aggregation"],
-                "data_fingerprint": votes.metadata["data_fingerprint"], "file": run.task.votes}}
+                "data_fingerprint": votes.metadata["data_fingerprint"],
+                "data_source": votes.metadata.get("data_source"), "file": pinned_reference(run.task.votes)}}
 
 
 def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
@@ -403,7 +404,7 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
         (tmp / RECIPE_NAME).write_text(recipe_yaml)
         tasks = [_task_report(run, v, w) for run, v, w in zip(prepared, job.votes, job.weights)]
         if votes_path and tasks[0]["votes"] is not None:
-            tasks[0]["votes"]["file"] = str(votes_path)
+            tasks[0]["votes"]["file"] = pinned_reference(str(votes_path))
         report = {
             "library_version": __version__,
             "model_class": head.plan.layout.auto_class_name,
