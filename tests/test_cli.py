@@ -18,7 +18,7 @@ def _write(tmp_path, recipe):
     return str(path)
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["votes"], ["inspect"], ["quickstart"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["votes"], ["inspect"], ["methods"], ["push"], ["quickstart"]])
 def test_help_texts(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -26,7 +26,11 @@ def test_help_texts(command, capsys):
     text = capsys.readouterr().out
     assert "usage: gradfix" in text
     if command == ["run"]:
-        assert "--dry-run" in text and "--votes" in text and "--alpha" in text
+        assert "--dry-run" in text and "--votes" in text and "--alpha" in text and "--push-to-hub" in text
+    if command == ["votes"]:
+        assert "--task" in text
+    if command == ["push"]:
+        assert "--private" in text and "--revision" in text
 
 
 def test_run_then_inspect_output(trios, tmp_path, capsys):
