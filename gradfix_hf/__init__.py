@@ -12,9 +12,11 @@ from .errors import (CompatibilityError, DataError, GradFixError, ModelResolutio
                      VotesFileError)
 from .recipe import Recipe
 from .transport import TransportResult, compute_recipe_votes, prepare, run_recipe, transport
+from .sweep import SweepResult, sweep
 from .version import __version__
 from .votes import VotesFile
 
-__all__ = ["Recipe", "transport", "run_recipe", "prepare", "compute_recipe_votes", "TransportResult", "VotesFile",
+__all__ = ["Recipe", "transport", "sweep", "SweepResult", "run_recipe", "prepare", "compute_recipe_votes",
+           "TransportResult", "VotesFile",
            "GradFixError", "RecipeError", "ModelResolutionError", "CompatibilityError", "DataError",
            "VotesFileError", "NonFiniteError", "__version__"]

@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if needed)")
     push.add_argument("--commit-message", help="commit title (default: method, models, α, N, kept fraction)")
 
+    sweep = sub.add_parser("sweep", help="choose α on the validation split and report it on the test split",
+                           description="Score θ_B, naive θ_B + α·τ_A, the recipe's method (and the oracle) over an "
+                                       "α grid on evaluation.split, pick α per method there, report it on "
+                                       "evaluation.test_split. Votes are computed once; no gradients per α.")
+    _add_recipe_overrides(sweep)
+    sweep.add_argument("--alphas", help="comma-separated α grid (default: evaluation.alphas or 0.1,0.2,...,1.0)")
+    sweep.add_argument("--votes", help="use this votes file instead of computing votes")
+    sweep.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
+    sweep.add_argument("--markdown", help="also write the table as markdown to this file")
+
     methods = sub.add_parser("methods", help="list the merge methods, their parameters and the mask variants",
                              description="List the registered merge methods with their parameters and defaults.")
     methods.add_argument("--json", action="store_true", help="print JSON")
@@ -235,6 +245,37 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_alphas(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GradFixError(f"--alphas: cannot read {text!r}; give numbers separated by commas, e.g. 0.2,0.5,1.0.")
+    if not values or any(not v > 0 or v != v or v == float("inf") for v in values):
+        raise GradFixError(f"--alphas: every α must be a finite number > 0, got {text!r}.")
+    return values
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    alphas = _parse_alphas(args.alphas)
+    result = sweep(_load_recipe(args), alphas=alphas, votes=args.votes, progress=not args.no_progress)
+    table = result.to_markdown()
+    print(f"α chosen on {result.validation['split']} ({result.validation['n_samples']} samples)"
+          + (f", reported on {result.test['split']} ({result.test['n_samples']} samples)" if result.test else
+             "; no evaluation.test_split, so no unbiased score of the chosen α"))
+    print(table)
+    for message in result.warnings:
+        print(f"warning: {message}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
 def describe_methods() -> dict:
     """The registry as plain data (what ``gradfix methods`` prints)."""
     from .merge import MASK_VARIANTS, registered_methods
@@ -272,8 +313,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "inspect": _cmd_inspect, "methods": _cmd_methods,
-            "quickstart": _cmd_quickstart, "push": _cmd_push}
+COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect": _cmd_inspect,
+            "methods": _cmd_methods, "quickstart": _cmd_quickstart, "push": _cmd_push}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

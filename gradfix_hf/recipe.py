@@ -149,13 +149,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """A held-out split scored for θ_B, naive θ_B + α·τ_A and the result. Fields default to ``data``'s."""
+    """A held-out split scored for θ_B, naive θ_B + α·τ_A and the result. Fields default to ``data``'s.
+
+    ``gradfix sweep`` picks α on ``split`` (the validation split) over ``alphas`` and reports the chosen α on
+    ``test_split`` (from ``test_path`` or the same data set), never choosing on the test split.
+    """
 
     split: str = "validation"
     path: Optional[str] = None
     name: Optional[str] = None
     revision: Optional[str] = None
     max_samples: Optional[int] = None
+    test_split: Optional[str] = None
+    test_path: Optional[str] = None
+    alphas: Optional[list] = None
+
+    def __post_init__(self) -> None:
+        if self.alphas is not None:
+            if (not isinstance(self.alphas, (list, tuple)) or not self.alphas
+                    or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 or a != a
+                           or a == float("inf") for a in self.alphas)):
+                raise RecipeError(f"evaluation.alphas: a non-empty list of positive numbers, got {self.alphas!r}.")
+            object.__setattr__(self, "alphas", sorted({float(a) for a in self.alphas}))
+        if self.test_path is not None and self.test_split is None:
+            object.__setattr__(self, "test_split", "test")
 
 
 _METHOD_FIELDS = ("name", "alpha", "force")

@@ -53,6 +53,7 @@ class PreparedRun:
     samples: Optional[LabelledSamples]
     examples: list = field(default_factory=list)
     eval_samples: Optional[LabelledSamples] = None
+    test_samples: Optional[LabelledSamples] = None
 
     @property
     def voted_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -102,7 +103,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     layout = compat.build_layout(auto_class, config, recipe.trust_remote_code)
     plan = compat.plan_transport(models, layout, check_values=check_values)
 
-    objective = samples = eval_samples = None
+    objective = samples = eval_samples = test_samples = None
     examples: list = []
     data = task.data
     if data is not None:
@@ -131,8 +132,15 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
                                   revision=ev.revision or data.revision, where="evaluation", token=token)
             eval_samples = evaluation_samples(eval_set, data, labels, ev.max_samples,
                                               describe_source(path, ev.split))
+            if ev.test_split is not None:
+                test_path = ev.test_path or path
+                test_set = load_split(test_path, name=ev.name or data.name, split=ev.test_split,
+                                      revision=ev.revision or data.revision, where="evaluation.test_split",
+                                      token=token)
+                test_samples = evaluation_samples(test_set, data, labels, ev.max_samples,
+                                                  describe_source(test_path, ev.test_split), "evaluation.test_split")
     return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
-                       samples=samples, examples=examples, eval_samples=eval_samples)
+                       samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples)
 
 
 def _aggregation(recipe: Recipe) -> str:
@@ -200,7 +208,7 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> Vote
     return votes
 
 
-def _accuracy(objective: Objective, model, samples: LabelledSamples, batch_size: int = 32) -> float:
+def accuracy(objective: Objective, model, samples: LabelledSamples, batch_size: int = 32) -> float:
     correct = 0
     for start in range(0, len(samples), batch_size):
         rows = samples.rows[start:start + batch_size]
@@ -214,7 +222,7 @@ def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
     model = load_base_model(prepared.plan)
     objective, samples = prepared.objective, prepared.eval_samples
     rows = [{"model": "θ_B zero-shot", "method": "zero-shot", "alpha": None,
-             "score": _accuracy(objective, model, samples)}]
+             "score": accuracy(objective, model, samples)}]
     naive = MergeJob.single(job.head, None, "naive", job.alpha)
     jobs = [("θ_B + α·τ_A (naive)", "naive", naive)]
     mask = job.parameters.get("mask")
@@ -227,7 +235,7 @@ def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
     for label, kind, variant in jobs:
         apply_in_memory(model, variant)
         rows.append({"model": label, "method": kind, "alpha": variant.alpha,
-                     "score": _accuracy(objective, model, samples)})
+                     "score": accuracy(objective, model, samples)})
     return {"metric": "accuracy", "split": samples.source, "n_samples": len(samples), "rows": rows}
 
 

@@ -111,6 +111,14 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
     return target + job.alpha * delta, stats
 
 
+def iter_deltas(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, θ_B tensor, delta) for every merged tensor: what an α sweep keeps to re-score any α in memory."""
+    job = compute_thresholds(job, progress=progress)
+    for name in tqdm(job.head.transported, desc="deltas", disable=not progress, unit="tensor"):
+        target, inputs = tensor_inputs(job, name)
+        yield name, target, job.method.delta(inputs, job.parameters)
+
+
 def compute_thresholds(job: MergeJob, *, progress: bool = False) -> MergeJob:
     """For methods that trim globally (TIES ``original``): the exact per-task thresholds, in two passes."""
     if not job.method.needs_global_threshold(job.parameters):
