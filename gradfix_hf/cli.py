@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="then push the output folder to this Hub repo in one commit (created if needed; the token "
                           "comes from HF_TOKEN or `hf auth login` and is checked before the run)")
     run.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    run.add_argument("--as-lora", type=int, metavar="RANK",
+                     help="write a LoRA adapter for the target (truncated SVD of each masked delta, at most this "
+                          "rank) instead of full weights; the report gives each module's reconstruction error")
+    run.add_argument("--lora-energy", type=float, metavar="E",
+                     help="LoRA adapter rank per module: the smallest keeping this fraction (0, 1] of the delta's "
+                          "squared norm (with --as-lora: capped at RANK)")
 
     votes = sub.add_parser("votes", help="compute the votes file of a recipe (stage 1 only)",
                            description="Compute per-sample gradient-sign votes on the target and write them.")
@@ -110,6 +116,10 @@ def _load_recipe(args: argparse.Namespace):
         method["force"] = True
     if method:
         overrides["method"] = method
+    as_lora = {k: v for k, v in (("rank", getattr(args, "as_lora", None)),
+                                 ("energy", getattr(args, "lora_energy", None))) if v is not None}
+    if as_lora:
+        overrides["output"] = {"as_lora": as_lora}
     return Recipe.from_yaml(args.recipe, overrides=overrides)
 
 
@@ -148,6 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     totals = result.report["totals"]
     print(format_evaluation(result.evaluation))
     print(f"kept {totals['kept_fraction']:.4f} of τ_A over {totals['transported_coordinates']} coordinates")
+    lora = result.report.get("lora")
+    if lora:
+        print(f"LoRA adapter: {lora['totals']['lora_modules']} modules, r={lora['r']}, relative reconstruction "
+              f"error {lora['totals']['relative_error']:.4g} (worst module {lora['totals']['max_relative_error']:.4g})")
     print(f"wrote {result.output_dir}")
     if args.push_to_hub:
         _print_push(result.output_dir, result.push_to_hub(args.push_to_hub, private=args.private or None))

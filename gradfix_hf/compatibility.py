@@ -45,10 +45,32 @@ class TargetLayout:
 
 
 def load_config(model: ResolvedModel, trust_remote_code: bool = False) -> transformers.PretrainedConfig:
+    if model.is_adapter:  # a LoRA adapter stands for its base's config with the adapter's label set
+        from .lora.adapter_files import adapter_model_config
+
+        return adapter_model_config(model, load_config, HEAD_CONFIG_FIELDS, trust_remote_code)
     try:
         return transformers.AutoConfig.from_pretrained(str(model.local_dir), trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as exc:
         raise CompatibilityError(f"{model.role}: cannot read config.json of {model.name}: {exc}") from None
+
+
+#: the model a LoRA adapter in each role is applied to (θ_A^ft on θ_A, θ_B^ft on θ_B)
+ADAPTER_BASES = {SOURCE_FT: SOURCE, TARGET_FT: TARGET}
+
+
+def bind_adapters(models: dict[str, ResolvedModel]) -> None:
+    """Give every LoRA adapter among ``models`` its base model (θ_A for θ_A^ft); an adapter where a pre-trained
+    model is expected is an error."""
+    from .lora.adapter_files import bind_base
+
+    for role, model in models.items():
+        if not model.is_adapter:
+            continue
+        if role not in ADAPTER_BASES:
+            raise CompatibilityError(f"{role} ({model.name}) is a LoRA adapter, not a full model: an adapter is a "
+                                     f"fine-tune; give it as {SOURCE_FT} with its base model as {SOURCE}.")
+        bind_base(model, models[ADAPTER_BASES[role]])
 
 
 def task_config(target_config, finetuned_config, objective_name: str):
@@ -155,7 +177,15 @@ def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> No
 
 def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True) -> TransportPlan:
     """Line up every checkpoint with the target layout, or raise naming the tensor, model and reason."""
-    readers = {role: CheckpointReader(m) for role, m in models.items()}
+    readers = {role: CheckpointReader(m) for role, m in models.items() if not m.is_adapter}
+    if any(m.is_adapter for m in models.values()):  # θ_A + the adapter's merged delta, tensor by tensor
+        from .lora.adapter_reader import LoraAdapterReader
+        from .lora.targets import module_kinds
+
+        kinds = module_kinds(layout)
+        readers.update({role: LoraAdapterReader(m, readers[ADAPTER_BASES[role]], kinds)
+                        for role, m in models.items() if m.is_adapter})
+        readers = {role: readers[role] for role in models}
     names = list(layout.parameters) + list(layout.buffers)
     keys = {role: align_names(r, names, layout.prefix, layout.aliases) for role, r in readers.items()}
     plan = TransportPlan(layout=layout, readers=readers, keys=keys)

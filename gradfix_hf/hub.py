@@ -68,9 +68,19 @@ class ResolvedModel:
     def name(self) -> str:
         return self.repo_id or str(self.local_dir)
 
+    @property
+    def is_adapter(self) -> bool:
+        """A PEFT LoRA adapter (``adapter_config.json``), not a full model: see :mod:`gradfix_hf.lora`."""
+        return "adapter" in self.extra
+
     def describe(self) -> dict:
-        return {"role": self.role, "path": self.ref.path, "repo_id": self.repo_id, "revision": self.ref.revision,
-                "commit_hash": self.commit_hash, "subfolder": self.ref.subfolder, "weights": self.weight_format}
+        out = {"role": self.role, "path": self.ref.path, "repo_id": self.repo_id, "revision": self.ref.revision,
+               "commit_hash": self.commit_hash, "subfolder": self.ref.subfolder, "weights": self.weight_format}
+        if self.is_adapter:
+            from .lora.adapter_files import describe
+
+            out["adapter"] = describe(self)
+        return out
 
 
 # --------------------------------------------------------------------------------------------- errors, tokens
@@ -224,6 +234,10 @@ def resolve_model(ref: ModelRef, *, role: str, allow_pickle: bool = False, token
             raise ModelResolutionError(f"{role}: local model folder {folder} does not exist.")
         if ref.revision:
             raise ModelResolutionError(f"{role}: 'revision' is for Hub ids; {ref.path} is a local folder.")
+        from .lora.adapter_files import is_adapter_folder, resolve_adapter
+
+        if is_adapter_folder(folder):  # a PEFT LoRA adapter (its base is bound by the caller)
+            return resolve_adapter(ref, role, folder, allow_pickle)
         if not (folder / "config.json").is_file():
             raise ModelResolutionError(f"{role}: {folder} has no config.json.")
         files, fmt = _weight_files(folder, role, allow_pickle)
@@ -243,6 +257,8 @@ def _snapshot(repo_id: str, *, repo_type: str, revision: Optional[str], allow: l
 def _resolve_hub(ref: ModelRef, *, role: str, allow_pickle: bool, token: Optional[str], download_weights: bool,
                  trust_remote_code: bool) -> ResolvedModel:
     """Metadata first (pinning the revision to its commit), then exactly the weight files it names."""
+    from .lora.adapter_files import adapter_weight_names, is_adapter_folder, resolve_adapter
+
     prefix = f"{ref.subfolder.strip('/')}/" if ref.subfolder else ""
     metadata = [prefix + p for p in METADATA_PATTERNS + (REMOTE_CODE_PATTERNS if trust_remote_code else [])]
     ignore = [prefix + "*/*"]  # files of deeper subfolders (other variants, checkpoints) are not needed
@@ -251,7 +267,13 @@ def _resolve_hub(ref: ModelRef, *, role: str, allow_pickle: bool, token: Optiona
                              token=token)
         commit = snapshot.name if _COMMIT_RE.match(snapshot.name) else None
         folder = snapshot / ref.subfolder if ref.subfolder else snapshot
-        if download_weights and (folder / "config.json").is_file():
+        adapter = download_weights and is_adapter_folder(folder)
+        if adapter:  # a LoRA adapter repo: its adapter weights only
+            _snapshot(ref.path, repo_type="model", revision=commit or ref.revision,
+                      allow=metadata + [prefix + w for w in adapter_weight_names(allow_pickle)], ignore=ignore,
+                      token=token)
+            adapter = any((folder / w).is_file() for w in adapter_weight_names(allow_pickle))
+        if not adapter and download_weights and (folder / "config.json").is_file():
             # safetensors first; pickle only when allowed and the repo has no safetensors weights
             for single, index in (SAFETENSORS_FILES, PICKLE_FILES) if allow_pickle else (SAFETENSORS_FILES,):
                 wanted = [single]
@@ -275,6 +297,9 @@ def _resolve_hub(ref: ModelRef, *, role: str, allow_pickle: bool, token: Optiona
             ) from None
         reason = hub_failure(exc, repo_id=ref.path, revision=ref.revision, token=token)
         raise ModelResolutionError(f"{role}: cannot fetch {ref} from the Hub: {reason}.") from None
+    if download_weights and is_adapter_folder(folder):
+        logger.info("%s: %s (a LoRA adapter) resolved to commit %s", role, ref, commit)
+        return resolve_adapter(ref, role, folder, allow_pickle, repo_id=ref.path, commit_hash=commit)
     if not (folder / "config.json").is_file():
         raise ModelResolutionError(f"{role}: Hub repo {ref} has no config.json.")
     logger.info("%s: %s resolved to commit %s", role, ref, commit)

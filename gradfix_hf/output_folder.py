@@ -109,6 +109,42 @@ def _kept_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _lora_section(report: dict) -> str:
+    """How an adapter output was made and how to load it (empty for full weights)."""
+    lora = report.get("lora")
+    if not lora:
+        return ""
+    totals = lora["totals"]
+    target = _model_name(report["models"]["models.target"])
+    size = f"rank {lora['rank']}" if lora.get("rank") else ""
+    if lora.get("energy") is not None:
+        size = (size + ", " if size else "") + f"energy {lora['energy']}"
+    tied = ""
+    if lora.get("tied"):
+        tied = (f"\nTied modules ({', '.join(f'`{a}` ↔ `{b}`' for a, b in lora['tied'].items())}) carry the same "
+                "factors so that both uses of the shared weight see the delta; do not `merge_and_unload()` this "
+                "adapter (peft would add the delta to the shared weight twice).\n")
+    return f"""
+## LoRA adapter
+
+This folder is a PEFT LoRA adapter for `{target}`, not full weights: each masked delta was factored by truncated
+SVD ({size}; {totals['lora_modules']} modules). Relative reconstruction error ‖D − B·A‖_F / ‖D‖_F:
+{totals['relative_error']:.3g} overall, {totals['max_relative_error']:.3g} at worst (per module in
+`gradfix_report.json`). Changed biases are stored whole, other changed modules as `modules_to_save`
+({len(lora['modules_to_save'])}). Load it on the target with the config of this folder (the task's labels):
+
+```python
+from peft import PeftModel
+from transformers import AutoConfig, {report['model_class']}
+
+base = {report['model_class']}.from_pretrained("{target}", config=AutoConfig.from_pretrained(folder))
+model = PeftModel.from_pretrained(base, folder)
+```
+
+The held-out scores below are those of the full transported model.
+{tied}"""
+
+
 def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag: Optional[str],
                      datasets: Optional[list[str]] = None) -> None:
     """README.md made with huggingface_hub's ``ModelCard``/``ModelCardData``: Hub metadata (``base_model`` = the
@@ -116,10 +152,12 @@ def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag:
     method, α, N, kept fractions, provenance (commits), evaluation table, recipe and the paper."""
     target = report["models"]["models.target"]
     source_ft = report["models"]["models.source_finetuned"]
+    lora = report.get("lora")  # written as a LoRA adapter for θ_B (output.as_lora)
     data = ModelCardData(
         base_model=target["repo_id"] if _is_hub_id(target) else None,
-        base_model_relation="merge" if _is_hub_id(target) else None,
-        tags=list(TAGS), library_name="transformers", pipeline_tag=pipeline_tag, datasets=datasets or None,
+        base_model_relation=("adapter" if lora else "merge") if _is_hub_id(target) else None,
+        tags=list(TAGS) + (["lora", "peft"] if lora else []), library_name="peft" if lora else "transformers",
+        pipeline_tag=pipeline_tag, datasets=datasets or None,
     )
     totals = report["totals"]
     method = dict(report["method"])
@@ -150,7 +188,7 @@ pre-trained models, masked coordinate by coordinate with GradFix
 {task_lines}
 - kept fraction: {totals['kept_fraction']:.4f} of all transported coordinates changed
 - made with gradfix_hf {report['library_version']}
-
+{_lora_section(report)}
 ## Results
 
 {_results_table(report.get('evaluation'))}

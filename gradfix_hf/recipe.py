@@ -284,17 +284,42 @@ class ResolvedTask:
 
 
 @dataclass(frozen=True)
+class LoraExportConfig:
+    """``output.as_lora``: write a LoRA adapter for θ_B instead of full weights, by truncated SVD of each masked
+    delta: a fixed ``rank``, or per module the smallest rank keeping ``energy`` of the delta's squared Frobenius
+    norm (with ``rank`` as a cap when both are given). YAML: ``as_lora: 16`` or ``as_lora: {energy: 0.9}``."""
+
+    rank: Optional[int] = None
+    energy: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.rank is None and self.energy is None:
+            raise RecipeError("output.as_lora: give a rank (e.g. {rank: 16}), an energy threshold (e.g. "
+                              "{energy: 0.9}), or both.")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise RecipeError(f"output.as_lora.rank: must be a positive integer, got {self.rank!r}.")
+        if self.energy is not None and (isinstance(self.energy, bool) or not isinstance(self.energy, (int, float))
+                                        or not 0.0 < self.energy <= 1.0):
+            raise RecipeError(f"output.as_lora.energy: must be a number in (0, 1], got {self.energy!r}.")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
-    """Where and how the transported model is written."""
+    """Where and how the transported model is written (full weights, or a LoRA adapter with ``as_lora``)."""
 
     path: Optional[str] = None
     dtype: Optional[str] = None
     max_shard_size: Union[int, str] = "5GB"
+    as_lora: Optional[LoraExportConfig] = None
 
     def __post_init__(self) -> None:
         if self.dtype is not None:
             _check_choice(self.dtype, DTYPES, "output.dtype")
         parse_size(self.max_shard_size)
+        if self.as_lora is not None and not isinstance(self.as_lora, LoraExportConfig):
+            raw = {"rank": self.as_lora} if isinstance(self.as_lora, int) and not isinstance(self.as_lora, bool) \
+                else self.as_lora
+            object.__setattr__(self, "as_lora", _build(LoraExportConfig, raw, "output.as_lora"))
 
 
 @dataclass(frozen=True)

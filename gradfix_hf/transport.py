@@ -38,6 +38,7 @@ from .votes.distributed import (ProcessContext, VoteEngine, batched_vote_engine,
 
 logger = logging.getLogger("gradfix_hf")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
 
 
 @dataclass
@@ -73,8 +74,11 @@ class PreparedRun:
 def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    folder = models[role].local_dir
+    if models[role].is_adapter and not any(next(folder.glob(p), None) for p in TOKENIZER_FILES):
+        return None  # an adapter without its own tokenizer (AutoTokenizer would make an empty one from config.json)
     try:
-        return AutoTokenizer.from_pretrained(str(models[role].local_dir), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -90,6 +94,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token,
                                   trust_remote_code=recipe.trust_remote_code)
               for role, ref in refs.items()}
+    compat.bind_adapters(models)  # a LoRA adapter as θ_A^ft is read on θ_A (gradfix_hf/lora)
     names = {role: m.name for role, m in models.items()}
     configs = {role: compat.load_config(m, recipe.trust_remote_code) for role, m in models.items()}
     compat.check_configs(configs, names)
@@ -257,6 +262,10 @@ class TransportResult:
     def model(self):
         import transformers
 
+        if "lora" in self.report:  # a LoRA adapter for θ_B (output.as_lora): θ_B with the adapter applied
+            from .lora.export import load_adapter_model
+
+            return load_adapter_model(self.output_dir, self.report)
         return getattr(transformers, self.report["model_class"]).from_pretrained(str(self.output_dir))
 
     @functools.cached_property
@@ -402,8 +411,16 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
     dtype = DTYPES[recipe.output.dtype] if recipe.output.dtype else None
     target = head.models[TARGET]
     with atomic_folder(Path(destination), overwrite=overwrite) as tmp:
-        per_tensor = merge_to_folder(job, tmp, dtype=dtype, max_shard_size=recipe.output.max_shard_size,
-                                     progress=progress)
+        lora = None
+        if recipe.output.as_lora is not None:  # a LoRA adapter for θ_B instead of full weights (gradfix_hf/lora)
+            from .lora.export import write_lora_adapter
+
+            per_tensor, lora = write_lora_adapter(job, tmp, rank=recipe.output.as_lora.rank,
+                                                  energy=recipe.output.as_lora.energy, target=target,
+                                                  objective=recipe.objective, dtype=dtype, progress=progress)
+        else:
+            per_tensor = merge_to_folder(job, tmp, dtype=dtype, max_shard_size=recipe.output.max_shard_size,
+                                         progress=progress)
         head.plan.layout.config.save_pretrained(tmp)
         if head.tokenizer is not None:
             head.tokenizer.save_pretrained(tmp)
@@ -427,6 +444,8 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
             "evaluation": evaluation,
             "seconds": round(time.time() - started, 3),
         }
+        if lora is not None:
+            report["lora"] = lora  # per-module rank and reconstruction error of the adapter
         write_report(tmp, report)
         data_paths = {run.task.data.path for run in prepared if run.task.data is not None}
         datasets = sorted(p for p in data_paths if not Path(p).expanduser().exists()) or None
