@@ -1,15 +1,20 @@
-"""Lazy, tensor-by-tensor access to a model's weights (safetensors read tensor by tensor; pickle only if allowed).
+"""Lazy, tensor-by-tensor access to a model's weights (safetensors mapped tensor by tensor; pickle only if allowed).
 
 The merge stage never loads a whole model: it asks a :class:`CheckpointReader` for one tensor at a time.
-Safetensors tensors are read with ``pread`` into fresh memory at the offsets of the file's header, not through a
-memory map: a mapped page stays in the process's resident set for as long as the file is open, so reading every
-tensor of three checkpoints through maps would keep all of them resident (file-backed RSS) until the end of the
-merge; read this way, only the tensors in use are resident. Where ``pread`` is unavailable (or the host is
-big-endian, or the dtype is unusual) the tensor comes from ``safetensors.safe_open`` as before.
+
+Each safetensors tensor gets its own private (copy-on-write) memory map of just its byte range, found in the file's
+header, and the tensor is a zero-copy view of it: the map, and the pages it made resident, go away when the tensor
+is freed. Through ``safe_open`` every page ever read stays in the process's resident set for as long as the file is
+open, so a merge that reads every tensor of three checkpoints would end up holding all of them (file-backed RSS);
+read this way only the tensors in use are resident, at the cost of page faults on a page cache (no copy). Where a
+map cannot be made the bytes are read with ``pread`` into fresh memory; on a big-endian host, or for an unusual
+dtype, the tensor comes from ``safe_open`` as before.
 """
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -27,7 +32,8 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
 _READABLE = {**DTYPES, **{name: getattr(torch, attr) for name, attr in (
     ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"),
     ("U64", "uint64")) if hasattr(torch, attr)}}
-_PREAD = sys.byteorder == "little" and hasattr(os, "preadv")  # safetensors stores little-endian bytes
+_DIRECT = sys.byteorder == "little"  # safetensors stores little-endian bytes
+_PREAD = hasattr(os, "preadv")
 
 
 class _Entry(NamedTuple):
@@ -125,15 +131,20 @@ class CheckpointReader:
     def dtype(self, key: str) -> torch.dtype:
         if key in self._pickled:
             return self._pickled[key].dtype
-        name = self._entries[key].dtype if key in self._entries else self._open(self._where[key]).get_slice(key).get_dtype()
+        if key in self._entries:
+            name = self._entries[key].dtype
+        else:
+            name = self._open(self._where[key]).get_slice(key).get_dtype()
         return DTYPES.get(name, torch.float32)
 
     def get(self, key: str) -> torch.Tensor:
         if key in self._pickled:
             return self._pickled[key]
         entry = self._entries.get(key)
-        if _PREAD and entry is not None and entry.dtype in _READABLE:
-            tensor = self._pread(key, entry)
+        if _DIRECT and entry is not None and entry.dtype in _READABLE:
+            tensor = self._map(key, entry)
+            if tensor is None and _PREAD:
+                tensor = self._pread(key, entry)
             if tensor is not None:
                 return tensor
         try:
@@ -143,13 +154,39 @@ class CheckpointReader:
                 f"{self.role}: cannot read tensor {key!r} from {self._where[key]} (corrupt or truncated?): {exc}"
             ) from None
 
+    def _check_size(self, key: str, entry: _Entry, itemsize: int) -> None:
+        if math.prod(entry.shape) * itemsize != entry.end - entry.begin:
+            raise ModelResolutionError(f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or "
+                                       f"truncated?): {entry.end - entry.begin} bytes for shape {list(entry.shape)} "
+                                       f"{entry.dtype}")
+
+    def _map(self, key: str, entry: _Entry) -> Optional[torch.Tensor]:
+        """A zero-copy view of the tensor's own private map (unmapped when the tensor is freed); None where no map
+        can be made (the caller then reads the bytes instead, which also reports a truncated file)."""
+        dtype = _READABLE[entry.dtype]
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        self._check_size(key, entry, itemsize)
+        size = entry.end - entry.begin
+        if size == 0:
+            return torch.empty(entry.shape, dtype=dtype)
+        start = entry.begin - entry.begin % mmap.ALLOCATIONGRANULARITY
+        if (entry.begin - start) % itemsize:
+            return None  # not aligned to its element size: no zero-copy view
+        try:
+            mapped = mmap.mmap(self._fd(entry.path), entry.end - start, offset=start, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, OverflowError):  # e.g. the file is shorter than its header says
+            return None
+        try:
+            flat = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=entry.begin - start)
+            return flat.view(dtype).reshape(entry.shape)
+        except (RuntimeError, TypeError, ValueError):
+            return None
+
     def _pread(self, key: str, entry: _Entry) -> Optional[torch.Tensor]:
         """The tensor's bytes read into a new tensor (no memory map); None if this dtype has no byte view."""
         tensor = torch.empty(entry.shape, dtype=_READABLE[entry.dtype])
+        self._check_size(key, entry, tensor.element_size())
         size = entry.end - entry.begin
-        if tensor.numel() * tensor.element_size() != size:
-            raise ModelResolutionError(f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or "
-                                       f"truncated?): {size} bytes for shape {list(entry.shape)} {entry.dtype}")
         if size == 0:
             return tensor
         try:
