@@ -38,9 +38,10 @@ def sign_source(variant: str) -> Optional[str]:
 
 
 def sign_agreement_mask(tau: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """m = 1{sign(τ) = ŝ}, with ŝ = 0 or τ = 0 giving 0."""
-    s = torch.sign(signs).to(torch.int8)
-    return (torch.sign(tau).to(torch.int8) == s) & (s != 0)
+    """m = 1{sign(τ) = ŝ}, with ŝ = 0 or τ = 0 giving 0: the product τ·v is > 0 exactly then (integer votes have
+    |v| ≥ 1 where non-zero, so the product never underflows; float signs, e.g. τ_B, are reduced to ±1 first)."""
+    s = torch.sign(signs) if signs.is_floating_point() else signs
+    return (tau * s) > 0
 
 
 def keep_mask(kind: str, tau: torch.Tensor, *, signs: Optional[torch.Tensor] = None,

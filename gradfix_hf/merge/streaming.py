@@ -100,15 +100,19 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
         return head.raw_tensor(TARGET, name), None
     target, inputs = tensor_inputs(job, name)
     delta = job.method.delta(inputs, job.parameters)
-    kept = int((delta != 0).sum())
-    nonzero = torch.zeros(delta.shape, dtype=torch.bool)
-    for tau in inputs.taus:
-        nonzero |= tau != 0
+    kept = int(torch.count_nonzero(delta))
+    if len(inputs.taus) == 1:
+        nonzero = int(torch.count_nonzero(inputs.taus[0]))
+    else:
+        union = torch.zeros(delta.shape, dtype=torch.bool)
+        for tau in inputs.taus:
+            union |= tau != 0
+        nonzero = int(torch.count_nonzero(union))
     stats = {"numel": delta.numel(), "kept_fraction": kept / max(delta.numel(), 1),
-             "kept_of_nonzero_tau": kept / max(int(nonzero.sum()), 1)}
+             "kept_of_nonzero_tau": kept / max(nonzero, 1)}
     if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
         stats["votes"] = job.votes[0].statistics(name)
-    return target + job.alpha * delta, stats
+    return torch.add(target, delta, alpha=job.alpha), stats
 
 
 def iter_deltas(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:

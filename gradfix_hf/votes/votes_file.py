@@ -145,14 +145,22 @@ class VotesFile:
         n = self.n_samples
         limit = n if self.metadata["aggregation"] == "majority" else 1
         for name, v in self.votes.items():
-            # in int64: abs() of the smallest int8/int16 value overflows to itself (abs(-128) == -128 in int8)
-            if v.numel() and int(v.to(torch.int64).abs().max()) > limit:
+            # max and min in the vote dtype (abs() of the smallest int8 value overflows to itself), no int64 copy
+            if v.numel() and max(int(v.max()), -int(v.min())) > limit:
                 raise VotesFileError(f"{source}: tensor {name!r} has |vote| > {limit} (N={n}): corrupt file.")
 
     def statistics(self, name: str) -> dict:
-        v = self.votes[name]
-        numel = max(v.numel(), 1)
-        ev = self.has_evidence(name)
-        return {"positive": float((v > 0).sum()) / numel, "negative": float((v < 0).sum()) / numel,
-                "tie": float(((v == 0) & ev).sum()) / numel, "no_evidence": float((~ev).sum()) / numel,
-                "mean_abs_margin": float(v.to(torch.int64).abs().float().mean()) / max(self.n_samples, 1)}
+        """Shares of positive / negative / tied / no-evidence votes and the mean |v|/N (memoized: an α sweep asks
+        for the same tensor's statistics at every α)."""
+        cache = self.__dict__.setdefault("_statistics", {})
+        if name not in cache:
+            v = self.votes[name]
+            numel = max(v.numel(), 1)
+            ev = self.evidence.get(name)
+            zeros = v.numel() - int(torch.count_nonzero(v))
+            ties = zeros if ev is None else int(torch.count_nonzero((v == 0) & ev))
+            cache[name] = {"positive": int(torch.count_nonzero(v > 0)) / numel,
+                           "negative": int(torch.count_nonzero(v < 0)) / numel, "tie": ties / numel,
+                           "no_evidence": 0.0 if ev is None else (ev.numel() - int(torch.count_nonzero(ev))) / numel,
+                           "mean_abs_margin": int(v.abs().sum(dtype=torch.int64)) / numel / max(self.n_samples, 1)}
+        return cache[name]
