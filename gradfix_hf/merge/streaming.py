@@ -112,7 +112,7 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
              "kept_of_nonzero_tau": kept / max(nonzero, 1)}
     if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
         stats["votes"] = job.votes[0].statistics(name)
-    return torch.add(target, delta, alpha=job.alpha), stats
+    return target + job.alpha * delta, stats  # not add(alpha=): a fused multiply-add rounds differently
 
 
 def iter_deltas(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
