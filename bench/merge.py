@@ -50,6 +50,7 @@ import yaml  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from gradfix_hf.quickstart.toy import word_tokenizer, write_jsonl  # noqa: E402
+from machine import fmt, processor, source_fingerprint, write_json  # noqa: E402 (bench/ is on sys.path)
 
 GOALS = {"time_ratio_vs_mergekit": 1.0, "rss_ratio_vs_mergekit": 1.0}
 LABEL_WORDS = {0: "negative", 1: "positive"}
@@ -502,10 +503,6 @@ def read_gradfix_report(folder: Path) -> dict:
     return json.loads((folder / "gradfix_report.json").read_text())
 
 
-def fmt(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def table(report: dict) -> str:
     m = report["methods"]
     mk = m.get("mergekit", {})
@@ -593,7 +590,7 @@ def main(argv=None) -> int:
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__, "mergekit": version("mergekit"),
               "safetensors": version("safetensors"), "python": platform.python_version(),
-              "platform": platform.platform(), "processor": _processor(), "source": _source_fingerprint(),
+              "platform": platform.platform(), "processor": processor(), "source": source_fingerprint("gradfix_hf", "gradfix_hf_sha256"),
               "memory_total_mb": _mem_total_mb(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
               "repeats": args.repeats, "wait_idle_s": args.wait_idle, "max_contention": args.max_contention,
               "retries": args.retries}
@@ -606,40 +603,8 @@ def main(argv=None) -> int:
           f"{report.get('rss_ratio_vs_mergekit')}×; goals (≤ 1.0×) met: {report['goals_met']}")
     print(f"load average {report['loadavg_start']} -> {report['loadavg_end']}; total {report['total_seconds']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
-
-
-def _source_fingerprint() -> dict:
-    root = Path(__file__).resolve().parent.parent
-    out: dict = {}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                           check=True).stdout.strip()
-        out["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "gradfix_hf"], cwd=root,
-                                               capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted((root / "gradfix_hf").rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    out["gradfix_hf_sha256"] = digest.hexdigest()[:16]
-    return out
-
-
-def _processor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _mem_total_mb() -> float:

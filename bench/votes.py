@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import inspect
 import json
 import math
@@ -36,7 +35,6 @@ import os
 import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +52,7 @@ from gradfix_hf.objectives import CausalLMObjective, Seq2SeqObjective, SequenceC
 from gradfix_hf.quickstart.toy import word_tokenizer  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
 from gradfix_hf.votes import compute_votes, compute_votes_batched  # noqa: E402
+from machine import fmt, processor, source_fingerprint, write_json  # noqa: E402 (bench/ is on sys.path)
 
 MODELS = ("bert", "t5", "gpt2")
 AUTHORS_BATCH = 32  # the authors' code forwards micro-batches of 32
@@ -560,10 +559,6 @@ def bench_model(kind: str, args, log) -> dict:
     return info
 
 
-def fmt(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def table(report: dict) -> str:
     head = ("model", "params", "engine s", "authors s", "loop s", "floor s", "×authors", "×loop", "/floor",
             "peak MB", "plain MB", "bound MB", "mismatch", "excl. noise", "other CPU")
@@ -631,7 +626,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "votes", "device": args.device, "quick": args.quick, "N": args.n, "T": args.t,
               "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "python": platform.python_version(),
-              "platform": platform.platform(), "processor": _processor(), "source": _source_fingerprint(),
+              "platform": platform.platform(), "processor": processor(), "source": source_fingerprint("gradfix_hf/votes", "gradfix_hf_votes_sha256"),
               "cuda_device": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "loadavg_start": [round(x, 2) for x in os.getloadavg()], "goals": GOALS,
               "wait_idle_s": args.wait_idle, "max_contention": args.max_contention, "retries": args.retries,
@@ -652,39 +647,8 @@ def main(argv=None) -> int:
         print(f"{kind}: goals met {r['goals_met']}")
     print(f"load average {report['loadavg_start']} -> {report['loadavg_end']}; total {report['total_seconds']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
-
-
-def _source_fingerprint() -> dict:
-    """Which code was measured: git commit, whether the tree had changes, and a hash of the vote engines."""
-    root = Path(__file__).resolve().parent.parent
-    out: dict = {}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                           check=True).stdout.strip()
-        out["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "gradfix_hf"], cwd=root,
-                                               capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    digest = hashlib.sha256()
-    for path in sorted((root / "gradfix_hf" / "votes").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    out["gradfix_hf_votes_sha256"] = digest.hexdigest()[:16]
-    return out
-
-
-def _processor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
