@@ -15,11 +15,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .compatibility import TARGET_FT
 from .errors import RecipeError
 from .merge.streaming import MergeJob, iter_deltas, load_base_model
 from .recipe import Recipe
-from .transport import PreparedRun, accuracy, prepare, recipe_votes
+from .transport import accuracy, as_recipe, comparison_jobs, prepare, recipe_votes
 
 logger = logging.getLogger("gradfix_hf")
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -59,28 +58,12 @@ def _set_alpha(params: dict, tensors: dict, alpha: float) -> None:
             params[name].copy_(target + alpha * delta)
 
 
-def _jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str, MergeJob]]:
-    """The methods swept in one run: naive θ_B + α·τ_A, the recipe's method, and the oracle when θ_B^ft is given."""
-    mask = job.parameters.get("mask")
-    jobs = [("naive", "θ_B + α·τ_A (naive)", MergeJob.single(job.head, None, "naive", job.alpha))]
-    if job.method.name != "gradfix":
-        jobs.append((job.method.name, job.method.pretty_name, job))
-    elif mask != "naive":
-        jobs.append((mask, f"GradFix ({mask})", job))
-    if TARGET_FT in prepared.plan.readers and mask != "oracle":
-        jobs.append(("oracle", "oracle (sign of τ_B)", MergeJob.single(job.head, None, "oracle", job.alpha)))
-    return jobs
-
-
 def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[list[float]] = None,
           votes: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
           progress: bool = True) -> SweepResult:
     """Score every method of a single-task recipe over an α grid on the validation split; choose α per method
     there, then report the chosen α's score on the test split (when ``evaluation.test_split`` is set)."""
-    if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif not isinstance(recipe, Recipe):
-        recipe = Recipe.from_yaml(recipe)
+    recipe = as_recipe(recipe)
     if recipe.evaluation is None:
         raise RecipeError("evaluation: a sweep needs an evaluation section (the validation split that picks α).")
     if len(recipe.resolved_tasks()) != 1:
@@ -100,7 +83,7 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
     result.zero_shot = {"validation": accuracy(objective, model, validation)}
     if test is not None:
         result.zero_shot["test"] = accuracy(objective, model, test)
-    for key, label, variant in _jobs(prepared, job):
+    for key, label, variant in comparison_jobs(prepared, job):
         tensors = {name: (target, delta) for name, target, delta in iter_deltas(variant, progress=progress)}
         scores = {}
         for alpha in grid:

@@ -132,18 +132,15 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             if objective_cls is CallableObjective:
                 raise RecipeError("evaluation: held-out scores need a built-in objective, not 'callable'.")
             ev = recipe.evaluation
-            path = ev.path or data.path
-            eval_set = load_split(path, name=ev.name or data.name, split=ev.split,
-                                  revision=ev.revision or data.revision, where="evaluation", token=token)
-            eval_samples = evaluation_samples(eval_set, data, labels, ev.max_samples,
-                                              describe_source(path, ev.split))
+
+            def held_out(path: str, split: str, where: str) -> LabelledSamples:
+                rows = load_split(path, name=ev.name or data.name, split=split, revision=ev.revision or data.revision,
+                                  where=where, token=token)
+                return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where)
+
+            eval_samples = held_out(ev.path or data.path, ev.split, "evaluation")
             if ev.test_split is not None:
-                test_path = ev.test_path or path
-                test_set = load_split(test_path, name=ev.name or data.name, split=ev.test_split,
-                                      revision=ev.revision or data.revision, where="evaluation.test_split",
-                                      token=token)
-                test_samples = evaluation_samples(test_set, data, labels, ev.max_samples,
-                                                  describe_source(test_path, ev.test_split), "evaluation.test_split")
+                test_samples = held_out(ev.test_path or ev.path or data.path, ev.test_split, "evaluation.test_split")
     return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
                        samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples)
 
@@ -222,22 +219,27 @@ def accuracy(objective: Objective, model, samples: LabelledSamples, batch_size: 
     return correct / len(samples)
 
 
+def comparison_jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str, MergeJob]]:
+    """(key, label, job) of what a held-out comparison scores besides zero-shot θ_B: naive θ_B + α·τ_A, the
+    recipe's method (unless it is the naive mask), and the oracle when θ_B^ft is given."""
+    mask = job.parameters.get("mask")
+    jobs = [("naive", "θ_B + α·τ_A (naive)", MergeJob.single(job.head, None, "naive", job.alpha))]
+    if job.method.name != "gradfix":
+        jobs.append((job.method.name, job.method.pretty_name, job))
+    elif mask != "naive":
+        jobs.append((mask, f"GradFix ({mask})", job))
+    if TARGET_FT in prepared.plan.readers and mask != "oracle":
+        jobs.append(("oracle", "oracle (sign of τ_B)", MergeJob.single(job.head, None, "oracle", job.alpha)))
+    return jobs
+
+
 def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
     """Held-out accuracy of θ_B (zero-shot, with the copied head), naive θ_B + α·τ_A, the result and the oracle."""
     model = load_base_model(prepared.plan)
     objective, samples = prepared.objective, prepared.eval_samples
     rows = [{"model": "θ_B zero-shot", "method": "zero-shot", "alpha": None,
              "score": accuracy(objective, model, samples)}]
-    naive = MergeJob.single(job.head, None, "naive", job.alpha)
-    jobs = [("θ_B + α·τ_A (naive)", "naive", naive)]
-    mask = job.parameters.get("mask")
-    if job.method.name != "gradfix":
-        jobs.append((job.method.pretty_name, job.method.name, job))
-    elif mask != "naive":
-        jobs.append((f"GradFix ({mask})", mask, job))
-    if TARGET_FT in prepared.plan.readers and mask != "oracle":
-        jobs.append(("oracle (sign of τ_B)", "oracle", MergeJob.single(job.head, None, "oracle", job.alpha)))
-    for label, kind, variant in jobs:
+    for kind, label, variant in comparison_jobs(prepared, job):
         apply_in_memory(model, variant)
         rows.append({"model": label, "method": kind, "alpha": variant.alpha,
                      "score": accuracy(objective, model, samples)})
@@ -467,11 +469,13 @@ def transport(recipe: Union[Recipe, str, os.PathLike, dict], output_dir: Optiona
     >>> result = transport("recipes/quickstart.yaml")              # doctest: +SKIP
     >>> pipeline("text-classification", model=result.model, tokenizer=result.tokenizer)  # doctest: +SKIP
     """
-    loss_fn = kwargs.pop("loss_fn", None)
+    return run_recipe(as_recipe(recipe, kwargs.pop("loss_fn", None)), output_dir, **kwargs)
+
+
+def as_recipe(recipe: Union[Recipe, str, os.PathLike, dict], loss_fn: Optional[Any] = None) -> Recipe:
+    """A :class:`Recipe` from a recipe object, a dict or a YAML path (with ``loss_fn`` for a 'callable' objective)."""
     if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe, loss_fn=loss_fn)
-    elif not isinstance(recipe, Recipe):
-        recipe = Recipe.from_yaml(recipe, loss_fn=loss_fn)
-    elif loss_fn is not None:
-        recipe = recipe.replace(loss_fn=loss_fn)
-    return run_recipe(recipe, output_dir, **kwargs)
+        return Recipe.from_dict(recipe, loss_fn=loss_fn)
+    if not isinstance(recipe, Recipe):
+        return Recipe.from_yaml(recipe, loss_fn=loss_fn)
+    return recipe.replace(loss_fn=loss_fn) if loss_fn is not None else recipe
