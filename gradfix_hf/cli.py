@@ -220,7 +220,7 @@ def inspect_path(path: Path, top: int = 10) -> dict:
         worst = sorted(report["per_tensor"].items(), key=lambda kv: kv[1]["kept_fraction"])[:top]
         return {"kind": "output", "path": str(path), "method": report["method"], "totals": report["totals"],
                 "votes": report["votes"], "evaluation": report["evaluation"], "tensors": report["tensors"],
-                "lowest_kept_fraction": {k: v["kept_fraction"] for k, v in worst}}
+                "drift": report.get("drift"), "lowest_kept_fraction": {k: v["kept_fraction"] for k, v in worst}}
     votes = VotesFile.load(path)
     stats = {name: votes.statistics(name) for name in votes.votes}
     numel = {name: v.numel() for name, v in votes.votes.items()}
@@ -255,6 +255,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"output folder {path}")
         print(f"  method  {summary['method']}")
         print(f"  kept    {summary['totals']['kept_fraction']:.4f} of {summary['totals']['transported_coordinates']}")
+        if summary["drift"]:
+            from .merge.drift import drift_table
+
+            print(drift_table(summary["drift"]))
         print(format_evaluation(summary["evaluation"]))
     return 0
 

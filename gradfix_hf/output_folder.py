@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 from huggingface_hub import ModelCard, ModelCardData
 
 from .errors import GradFixError
+from .merge.drift import drift_table
 
 REPORT_NAME = "gradfix_report.json"
 RECIPE_NAME = "gradfix_recipe.yaml"
@@ -192,6 +193,14 @@ pre-trained models, masked coordinate by coordinate with GradFix
 ## Results
 
 {_results_table(report.get('evaluation'))}
+
+## Drift of the target and agreement of the vote
+
+How far θ_B is from θ_A (relative L2 distance), the share of coordinates where τ_A's sign agrees with the
+target's sign estimate (among those where both have one), and the kept fraction, per layer group{
+" (one value per task vector)" if len(tasks) > 1 else ""}:
+
+{drift_table(report.get('drift'))}
 
 ## Provenance
 

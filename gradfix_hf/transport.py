@@ -26,6 +26,7 @@ from .compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT
 from .data import LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split, select_per_class
 from .errors import GradFixError, RecipeError, VotesFileError
 from .hub import ResolvedModel, local_path, pinned_reference, resolve_model
+from .merge.drift import drift_report
 from .merge.streaming import MergeJob, apply_in_memory, load_base_model, merge_to_folder
 from .objectives import OBJECTIVES, CallableObjective, Objective
 from .output_folder import (RECIPE_NAME, atomic_folder, check_destination, push_output_folder, read_report,
@@ -442,6 +443,7 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
             "votes": tasks[0]["votes"],
             "tasks": tasks,
             "totals": _totals(per_tensor),
+            "drift": drift_report(per_tensor),
             "per_tensor": per_tensor,
             "evaluation": evaluation,
             "seconds": round(time.time() - started, 3),

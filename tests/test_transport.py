@@ -202,3 +202,48 @@ def test_evaluation_table_and_save_pretrained(trios, bert_votes, tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(copy)
     enc = result.tokenizer(["good"], return_tensors="pt")
     assert torch.equal(reloaded(**enc).logits, result.model(**enc).logits)
+
+
+def test_drift_report_matches_the_checkpoints(trios, bert_votes, tmp_path):
+    """Per layer group: ‖θ_B − θ_A‖/‖θ_A‖, sign agreement of τ_A with the vote and kept fraction, recomputed here
+    from the checkpoints and the votes file; the card and `gradfix inspect` show the table."""
+    from gradfix_hf.cli import main
+    from gradfix_hf.merge.drift import layer_group
+
+    trio = trios("bert")
+    result = transport(recipe_dict("bert", trio), tmp_path / "out", votes=bert_votes, progress=False)
+    drift = result.report["drift"]
+    source, target = _weights(trio["source"]), _weights(trio["target"])
+    finetuned = _weights(trio["source_finetuned"])
+    votes = VotesFile.load(bert_votes)
+    sums: dict = {}
+    for name, v in votes.votes.items():
+        a, b = source[_strip(name)].double(), target[_strip(name)].double()
+        tau = finetuned[name] - source[_strip(name)]
+        product = torch.sign(tau) * torch.sign(v)
+        g = sums.setdefault(layer_group(name), [0.0, 0.0, 0, 0])
+        g[0] += float(((b - a) ** 2).sum())
+        g[1] += float((a ** 2).sum())
+        g[2] += int((product > 0).sum())
+        g[3] += int((product != 0).sum())
+    assert set(drift["groups"]) == set(sums)
+    assert "bert.encoder.layer.0" in sums and "bert.embeddings.word_embeddings" in sums
+    for group, (diff_sq, source_sq, agree, decided) in sums.items():
+        entry = drift["groups"][group]
+        assert entry["relative_distance"][0] == pytest.approx((diff_sq / source_sq) ** 0.5, rel=1e-5), group
+        # a group can have no coordinate where both τ_A and the vote have a sign (e.g. an untouched embedding)
+        assert entry["sign_agreement"][0] == (pytest.approx(agree / decided) if decided else None), group
+    total = drift["total"]
+    assert total["kept_fraction"] == pytest.approx(result.report["totals"]["kept_fraction"])
+    assert 0 < total["sign_agreement"][0] < 1 and total["relative_distance"][0] > 0
+    card = (result.output_dir / "README.md").read_text()
+    assert "sign agreement of τ_A" in card and "`bert.encoder.layer.0`" in card
+    assert main(["inspect", str(result.output_dir)]) == 0
+
+
+def test_drift_report_of_naive_addition_has_no_sign_agreement(trios, tmp_path):
+    trio = trios("bert")
+    result = transport(recipe_dict("bert", trio, method={"mask": "naive"}), tmp_path / "out", progress=False)
+    total = result.report["drift"]["total"]
+    assert total["sign_agreement"] == [None] and total["relative_distance"][0] > 0
+    assert "| – |" in (result.output_dir / "README.md").read_text()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
 from ..votes.votes_file import VotesFile
+from .drift import tensor_drift
 from .methods import GlobalTrim, MergeMethod, TensorInputs, get
 from .writer import ShardedSafetensorsWriter
 
@@ -98,7 +99,8 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
         return head.raw_tensor(SOURCE_FT, name), None
     if name not in head.transported:
         return head.raw_tensor(TARGET, name), None
-    target, inputs = tensor_inputs(job, name)
+    reads = _Reads()
+    target, inputs = tensor_inputs(job, name, reads)
     delta = job.method.delta(inputs, job.parameters)
     kept = int(torch.count_nonzero(delta))
     if len(inputs.taus) == 1:
@@ -112,6 +114,8 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
              "kept_of_nonzero_tau": kept / max(nonzero, 1)}
     if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
         stats["votes"] = job.votes[0].statistics(name)
+    stats["drift"] = tensor_drift(target, [reads.get(plan, SOURCE, name) for plan in job.plans], inputs.taus,
+                                  inputs.signs)
     return target + job.alpha * delta, stats  # not add(alpha=): a fused multiply-add rounds differently
 
 
