@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .allocator import reuse_freed_memory
 from .errors import GradFixError
 from .version import __version__
 
@@ -338,6 +339,7 @@ COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # model-sized temporaries without page faults (gradfix_hf/allocator.py)
     try:
         return COMMANDS[args.command](args)
     except GradFixError as exc:

@@ -379,7 +379,11 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     destination = output_dir or recipe.output.path
     if destination is not None and not dry_run:
         check_destination(Path(destination), overwrite)
-    prepared = [prepare(recipe, task, token=token) for task in recipe.resolved_tasks()]
+    tasks = recipe.resolved_tasks()
+    # NaN/inf: checked over every checkpoint before gradients; a run from votes files only (no gradient) checks
+    # each input tensor as the merge reads it instead of reading every checkpoint twice (output is atomic)
+    computes_votes = recipe.needs_votes and votes is None and any(task.votes is None for task in tasks)
+    prepared = [prepare(recipe, task, token=token, check_values=dry_run or computes_votes) for task in tasks]
     _check_tasks_line_up(prepared)
     if dry_run:
         if len(prepared) == 1:

@@ -326,6 +326,31 @@ def test_non_finite_weight_in_source_finetune(bert, tmp_path, value):
                            tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("role,method", [("source", {"mask": "gradfix"}), ("source_finetuned", {"mask": "gradfix"}),
+                                         ("target", {"mask": "gradfix"}), ("target", {"name": "task_arithmetic"})])
+def test_non_finite_weight_found_by_a_merge_without_gradients(bert, tmp_path, role, method):
+    """From a votes file (or a method without votes) no gradient is computed, so the NaN/inf pre-pass is skipped
+    and the merge checks each input as it reads it: the same named error, and no output folder."""
+    from gradfix_hf import compute_recipe_votes
+
+    votes = tmp_path / "votes.safetensors"
+    compute_recipe_votes(prepare(Recipe.from_dict(bert_recipe(bert))), progress=False).save(votes)
+    model = copy_model(bert, role, tmp_path)
+    name = "bert.encoder.layer.1.output.dense.weight" if role == "source_finetuned" else "encoder.layer.1.output.dense.weight"
+
+    def edit(state):
+        state[name][1, 2] = float("nan")
+
+    rewrite_weights(model, edit)
+    raw = bert_recipe(bert, models={role: str(model)})
+    raw["method"] = {"alpha": 0.5, **method}
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteError) as info:
+        transport(raw, out, votes=None if "name" in method else votes, progress=False)
+    assert_mentions(str(info.value), f"models.{role}", str(model), f"tensor {name!r}", "1 NaN/inf")
+    assert_nothing_written(out)
+
+
 # ---------------------------------------------------------------- data
 
 

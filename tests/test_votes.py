@@ -677,3 +677,22 @@ def test_cli_votes_reports_bad_recipe_and_inspect_bad_file(tmp_path, capsys):
     assert main(["votes", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "v.safetensors")]) == 2
     assert "recipe file not found" in capsys.readouterr().err
     assert not (tmp_path / "v.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype,n", [(torch.int8, 127), (torch.int16, 300)])
+def test_vote_statistics_equal_direct_counts(dtype, n):
+    """The one-pass int8 histogram and the int16 path give the shares counted directly."""
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randint(-n, n + 1, (37, 53), generator=generator).to(dtype)
+    v[0, :5] = torch.tensor([n, -n, 0, 1, -1], dtype=dtype)
+    evidence = torch.ones(v.shape, dtype=torch.bool)
+    evidence[3] = False
+    v[3] = 0
+    stats = VotesFile({"w": v}, {"n_samples": str(n)}, {"w": evidence}).statistics("w")
+    wide = v.long()
+    numel = v.numel()
+    assert stats["positive"] == int((wide > 0).sum()) / numel
+    assert stats["negative"] == int((wide < 0).sum()) / numel
+    assert stats["tie"] == int(((wide == 0) & evidence).sum()) / numel
+    assert stats["no_evidence"] == 53 / numel
+    assert stats["mean_abs_margin"] == pytest.approx(int(wide.abs().sum()) / numel / n, rel=1e-15)

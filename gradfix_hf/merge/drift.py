@@ -8,6 +8,7 @@ Per merged tensor the streaming merge records exact sums (:func:`tensor_drift`);
 them up per layer group (:func:`layer_group`) and over the whole model. Definitions, per task vector t:
 
 * ``relative_distance`` = ‖θ_B − θ_A,t‖₂ / ‖θ_A,t‖₂ over the group's coordinates;
+* ``relative_task_vector`` = ‖τ_t‖₂ / ‖θ_A,t‖₂ (how large the fine-tuning step is against that drift);
 * ``sign_agreement`` = #{sign(τ_t) = ŝ_t} / #{τ_t ≠ 0 and ŝ_t ≠ 0}: among coordinates where the task vector
   and the target's sign estimate (the vote, or τ_B for the oracle) both have a sign, the share that agree
   (None for masks without a sign estimate, e.g. naive);
@@ -36,11 +37,13 @@ def layer_group(name: str) -> str:
 
 def tensor_drift(target: torch.Tensor, sources: Sequence[torch.Tensor], taus: Sequence[torch.Tensor],
                  signs: Sequence[Optional[torch.Tensor]]) -> dict:
-    """Exact per-task sums for one tensor (squared norms and agreement counts), summed later per group."""
-    out: dict = {"source_sq": [], "diff_sq": [], "agree": [], "decided": []}
+    """Per-task sums for one tensor (squared norms, fp32 reductions; exact agreement counts), summed later per
+    group. A non-finite norm means a NaN/inf in an input (or an overflow): the merge then checks each input."""
+    out: dict = {"source_sq": [], "diff_sq": [], "tau_sq": [], "agree": [], "decided": []}
     for source, tau, sign in zip(sources, taus, signs):
-        out["source_sq"].append(float(torch.linalg.vector_norm(source, dtype=torch.float64) ** 2))
-        out["diff_sq"].append(float(torch.dist(target, source).double() ** 2))
+        out["source_sq"].append(float(torch.linalg.vector_norm(source)) ** 2)
+        out["diff_sq"].append(float(torch.dist(target, source)) ** 2)
+        out["tau_sq"].append(float(torch.linalg.vector_norm(tau)) ** 2)
         if sign is None:
             out["agree"].append(None)
             out["decided"].append(None)
@@ -55,18 +58,21 @@ def _summarise(entries: list[dict]) -> dict:
     numel = sum(e["numel"] for e in entries)
     kept = sum(e["kept_fraction"] * e["numel"] for e in entries)
     tasks = len(entries[0]["drift"]["source_sq"])
-    distance, agreement = [], []
+    distance, size, agreement = [], [], []
     for t in range(tasks):
         source_sq = sum(e["drift"]["source_sq"][t] for e in entries)
         diff_sq = sum(e["drift"]["diff_sq"][t] for e in entries)
+        tau_sq = sum(e["drift"]["tau_sq"][t] for e in entries)
         distance.append(math.sqrt(diff_sq / source_sq) if source_sq > 0 else None)
+        size.append(math.sqrt(tau_sq / source_sq) if source_sq > 0 else None)
         counts = [(e["drift"]["agree"][t], e["drift"]["decided"][t]) for e in entries]
         if any(a is None for a, _ in counts):
             agreement.append(None)
         else:
             decided = sum(d for _, d in counts)
             agreement.append(sum(a for a, _ in counts) / decided if decided else None)
-    return {"coordinates": numel, "relative_distance": distance, "sign_agreement": agreement,
+    return {"coordinates": numel, "relative_distance": distance, "relative_task_vector": size,
+            "sign_agreement": agreement,
             "kept_fraction": kept / max(numel, 1)}
 
 

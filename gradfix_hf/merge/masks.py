@@ -67,7 +67,6 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
                        evidence: Optional[torch.Tensor] = None, *, no_evidence: str = "drop", seed: int = 0,
                        rho: float = 1.0, name: str = "") -> torch.Tensor:
     """The masked τ of one tensor for ``variant`` (see the module docstring for each formula)."""
-    zero = torch.zeros_like(tau)
     if variant == "naive":
         return tau.clone()
     if variant == "random-sign":
@@ -77,13 +76,13 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         raise ValueError(f"mask {variant!r} needs signs for tensor {name!r}")
     no_evidence_keep = (~evidence) & (tau != 0) if evidence is not None and no_evidence == "keep" else None
     if variant in ("gradfix", "mean", "oracle"):
-        return torch.where(keep_mask(variant, tau, signs=signs, evidence=evidence, no_evidence=no_evidence), tau, zero)
+        return torch.where(keep_mask(variant, tau, signs=signs, evidence=evidence, no_evidence=no_evidence), tau, 0.0)
     if variant == "force":
         out = tau.abs() * torch.sign(signs).to(tau.dtype)
     elif variant == "soft":
         rms = tau.pow(2).mean().sqrt()
         if rms == 0:
-            return zero
+            return torch.zeros_like(tau)
         weight = torch.tanh(rho * torch.sign(signs).to(tau.dtype) * tau / rms).clamp_min(0)
         out = tau * weight
     elif variant == "random":
@@ -92,7 +91,7 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         order = torch.randperm(candidates.numel(), generator=tensor_generator(seed, name))[:kept]
         flat = torch.zeros(tau.numel(), dtype=torch.bool)
         flat[candidates[order]] = True
-        return torch.where(flat.view(tau.shape), tau, zero)
+        return torch.where(flat.view(tau.shape), tau, 0.0)
     else:
         raise ValueError(f"unknown mask variant {variant!r}")
     return torch.where(no_evidence_keep, tau, out) if no_evidence_keep is not None else out

@@ -10,6 +10,7 @@ or mask never touches gradients.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import check_finite
 from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
 from ..votes.votes_file import VotesFile
 from .drift import tensor_drift
@@ -81,7 +83,7 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
     for plan, votes in zip(job.plans, job.votes):
         taus.append(reads.get(plan, SOURCE_FT, name) - reads.get(plan, SOURCE, name))
         if source == "oracle":
-            signs.append(torch.sign(reads.get(plan, TARGET_FT, name) - target))
+            signs.append(torch.sign(_check_finite(plan, TARGET_FT, name, reads.get(plan, TARGET_FT, name)) - target))
             evidence.append(None)
         elif source is not None:
             signs.append(votes.votes[name])
@@ -92,13 +94,18 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
     return target, TensorInputs(name, taus, signs, evidence, list(job.weights), job.thresholds)
 
 
+def _check_finite(plan: TransportPlan, role: str, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    reader = plan.readers[role]
+    check_finite(tensor, f"{role} ({reader.model.name}) tensor {plan.keys[role][name]!r}")
+    return tensor
+
+
 def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict]]:
     """The output tensor ``name`` (fp32 for merged ones) and its per-tensor statistics."""
     head = job.head
-    if name in head.copied_from_finetune:
-        return head.raw_tensor(SOURCE_FT, name), None
-    if name not in head.transported:
-        return head.raw_tensor(TARGET, name), None
+    if name in head.copied_from_finetune or name not in head.transported:
+        role = SOURCE_FT if name in head.copied_from_finetune else TARGET
+        return _check_finite(head, role, name, head.raw_tensor(role, name)), None
     reads = _Reads()
     target, inputs = tensor_inputs(job, name, reads)
     delta = job.method.delta(inputs, job.parameters)
@@ -116,7 +123,13 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
         stats["votes"] = job.votes[0].statistics(name)
     stats["drift"] = tensor_drift(target, [reads.get(plan, SOURCE, name) for plan in job.plans], inputs.taus,
                                   inputs.signs)
-    return target + job.alpha * delta, stats  # not add(alpha=): a fused multiply-add rounds differently
+    norms = [x for key in ("source_sq", "diff_sq", "tau_sq") for x in stats["drift"][key]]
+    if not all(math.isfinite(x) for x in norms):  # the inputs' own check (a run from a votes file skips the pre-pass)
+        for plan in job.plans:
+            for role in (SOURCE, SOURCE_FT, TARGET):
+                _check_finite(plan, role, name, reads.get(plan, role, name))
+    # not add(alpha=): a fused multiply-add rounds differently; α = 1 skips a multiply that changes nothing
+    return (target + delta if job.alpha == 1 else target + job.alpha * delta), stats
 
 
 def iter_deltas(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:

@@ -151,16 +151,26 @@ class VotesFile:
 
     def statistics(self, name: str) -> dict:
         """Shares of positive / negative / tied / no-evidence votes and the mean |v|/N (memoized: an α sweep asks
-        for the same tensor's statistics at every α)."""
+        for the same tensor's statistics at every α). int8 votes take one pass: a 256-bin histogram."""
         cache = self.__dict__.setdefault("_statistics", {})
         if name not in cache:
             v = self.votes[name]
             numel = max(v.numel(), 1)
             ev = self.evidence.get(name)
-            zeros = v.numel() - int(torch.count_nonzero(v))
+            if v.dtype == torch.int8:
+                counts = torch.bincount(v.reshape(-1).view(torch.uint8), minlength=256)
+                positive, negative = int(counts[1:128].sum()), int(counts[128:].sum())
+                abs_sum = int((counts * _INT8_ABS).sum())
+            else:
+                positive, negative = int(torch.count_nonzero(v > 0)), int(torch.count_nonzero(v < 0))
+                abs_sum = int(v.abs().sum(dtype=torch.int64))
+            zeros = v.numel() - positive - negative
             ties = zeros if ev is None else int(torch.count_nonzero((v == 0) & ev))
-            cache[name] = {"positive": int(torch.count_nonzero(v > 0)) / numel,
-                           "negative": int(torch.count_nonzero(v < 0)) / numel, "tie": ties / numel,
+            cache[name] = {"positive": positive / numel, "negative": negative / numel, "tie": ties / numel,
                            "no_evidence": 0.0 if ev is None else (ev.numel() - int(torch.count_nonzero(ev))) / numel,
-                           "mean_abs_margin": int(v.abs().sum(dtype=torch.int64)) / numel / max(self.n_samples, 1)}
+                           "mean_abs_margin": abs_sum / numel / max(self.n_samples, 1)}
         return cache[name]
+
+
+#: |value| of each int8 bit pattern read as uint8 (the bins of the one-pass vote histogram)
+_INT8_ABS = torch.arange(256, dtype=torch.int64).where(torch.arange(256) < 128, 256 - torch.arange(256))
