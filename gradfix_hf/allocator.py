@@ -2,14 +2,15 @@
 
 Why: both stages allocate model-sized temporaries tensor after tensor (τ, masks, products, outputs). glibc
 serves every block above its mmap threshold with a fresh ``mmap`` and returns it on ``free``, so each new
-temporary is zero-filled page by page again: on a 2-core CPU that page faulting, not arithmetic, was most of
-the streaming merge's time (a 100 MB subtraction: 130 ms fresh, 24 ms into reused memory). Raising the mmap
-and trim thresholds makes glibc keep those blocks in its heap and hand them out again. Peak memory is the
-same (the blocks were in use at the peak anyway); memory is returned to the system when the process ends.
+temporary is zero-filled page by page again (a 100 MB subtraction on a 2-core CPU: 130 ms fresh, 24 ms into
+reused memory). Raising the mmap and trim thresholds makes glibc keep those blocks in its heap and hand them
+out again; memory is returned to the system when the process ends.
 
-The ``gradfix`` command calls :func:`reuse_freed_memory` once at start-up; Python users who run many merges
-or sweeps in one process may call it too. ``GRADFIX_REUSE_FREED_MEMORY=0`` turns it off. Other C libraries
-(musl, macOS) are left alone.
+Opt-in (``GRADFIX_REUSE_FREED_MEMORY=1``, which the ``gradfix`` command honours at start-up, or a call to
+:func:`reuse_freed_memory` from Python). Measured on the 134 M-parameter merge of ``bench/merge.py`` (2-core CPU)
+once the merge had stopped making avoidable temporaries: no wall-time gain and about 100 MB more peak RSS (blocks
+kept for reuse fragment the heap), so it is off by default; a 100 MB subtraction alone ran 5× faster with it.
+Other C libraries (musl, macOS) are left alone.
 """
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ _TRIM_THRESHOLD = 1 << 31
 _done = False
 
 
+def reuse_from_environment() -> bool:
+    """Call :func:`reuse_freed_memory` when ``GRADFIX_REUSE_FREED_MEMORY=1`` (what the ``gradfix`` command does)."""
+    return os.environ.get("GRADFIX_REUSE_FREED_MEMORY") == "1" and reuse_freed_memory()
+
+
 def reuse_freed_memory() -> bool:
     """Ask glibc to keep freed blocks up to 1 GiB for reuse; True when the setting took effect (idempotent)."""
     global _done
     if _done:
         return True
-    if os.environ.get("GRADFIX_REUSE_FREED_MEMORY", "1") == "0":
+    if os.environ.get("GRADFIX_REUSE_FREED_MEMORY") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -57,6 +57,21 @@ def _read_header(path: Path) -> dict[str, _Entry]:
             for key, info in header.items() if key != "__metadata__"}
 
 
+def read_header(path: Path) -> dict[str, _Entry]:
+    """Public name of the safetensors header reader (the votes file reads its tensors the same way)."""
+    return _read_header(path)
+
+
+def pread_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` with the file's bytes from ``offset`` (no memory map: nothing stays resident afterwards)."""
+    done, size = 0, len(view)
+    while done < size:
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count <= 0:
+            raise OSError(f"the file ends before byte {offset + size}")
+        done += count
+
+
 class CheckpointReader:
     """Maps tensor names to the file holding them and reads single tensors on demand."""
 
@@ -193,14 +208,8 @@ class CheckpointReader:
             view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         except (RuntimeError, TypeError):
             return None
-        done = 0
         try:
-            fd = self._fd(entry.path)
-            while done < size:
-                count = os.preadv(fd, [view[done:]], entry.begin + done)
-                if count <= 0:
-                    raise OSError(f"the file ends before byte {entry.end}")
-                done += count
+            pread_into(self._fd(entry.path), view, entry.begin)
         except OSError as exc:
             raise ModelResolutionError(
                 f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or truncated?): {exc}") from None

@@ -35,23 +35,27 @@ def layer_group(name: str) -> str:
     return ".".join(parts[:-1]) or name
 
 
-def tensor_drift(target: torch.Tensor, sources: Sequence[torch.Tensor], taus: Sequence[torch.Tensor],
-                 signs: Sequence[Optional[torch.Tensor]]) -> dict:
-    """Per-task sums for one tensor (squared norms, fp32 reductions; exact agreement counts), summed later per
-    group. A non-finite norm means a NaN/inf in an input (or an overflow): the merge then checks each input."""
-    out: dict = {"source_sq": [], "diff_sq": [], "tau_sq": [], "agree": [], "decided": []}
-    for source, tau, sign in zip(sources, taus, signs):
-        out["source_sq"].append(float(torch.linalg.vector_norm(source)) ** 2)
-        out["diff_sq"].append(float(torch.dist(target, source)) ** 2)
-        out["tau_sq"].append(float(torch.linalg.vector_norm(tau)) ** 2)
-        if sign is None:
-            out["agree"].append(None)
-            out["decided"].append(None)
-            continue
-        product = tau * (torch.sign(sign) if sign.is_floating_point() else sign)
-        out["agree"].append(int(torch.count_nonzero(product > 0)))
-        out["decided"].append(int(torch.count_nonzero(product)))
-    return out
+def drift_norms(target: torch.Tensor, source: torch.Tensor, tau: torch.Tensor) -> tuple[float, float, float]:
+    """‖θ_A‖², ‖θ_B − θ_A‖², ‖τ‖² of one tensor (fp32 reductions)."""
+    return (float(torch.linalg.vector_norm(source)) ** 2, float(torch.dist(target, source)) ** 2,
+            float(torch.linalg.vector_norm(tau)) ** 2)
+
+
+def sign_agreement(tau: torch.Tensor, sign: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], tuple]:
+    """The agreement mask 1{sign(τ) = ŝ ≠ 0} (what the sign-agreement masks keep; see
+    :func:`~gradfix_hf.merge.masks.sign_agreement_mask`, same formula) and the counts (#agree, #where τ and ŝ
+    both have a sign); (None, (None, None)) without ŝ. Computed once, shared with the kernel."""
+    if sign is None:
+        return None, (None, None)
+    product = tau * (torch.sign(sign) if sign.is_floating_point() else sign)
+    agree = product > 0
+    return agree, (int(torch.count_nonzero(agree)), int(torch.count_nonzero(product)))
+
+
+def tensor_drift(norms: Sequence[tuple[float, float, float]], agreement: Sequence[tuple]) -> dict:
+    """The per-tensor record (one entry per task vector) that :func:`drift_report` sums per group."""
+    return {"source_sq": [n[0] for n in norms], "diff_sq": [n[1] for n in norms], "tau_sq": [n[2] for n in norms],
+            "agree": [a[0] for a in agreement], "decided": [a[1] for a in agreement]}
 
 
 def _summarise(entries: list[dict]) -> dict:

@@ -45,15 +45,17 @@ def sign_agreement_mask(tau: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
 
 
 def keep_mask(kind: str, tau: torch.Tensor, *, signs: Optional[torch.Tensor] = None,
-              evidence: Optional[torch.Tensor] = None, no_evidence: str = "drop") -> torch.Tensor:
-    """The boolean keep-mask of the sign-agreement variants (and ``naive``: every non-zero coordinate)."""
+              evidence: Optional[torch.Tensor] = None, no_evidence: str = "drop",
+              agree: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The boolean keep-mask of the sign-agreement variants (and ``naive``: every non-zero coordinate).
+    ``agree``: :func:`sign_agreement_mask` of (τ, ŝ) when the caller already has it (it is not modified)."""
     if kind == "naive":
         return tau != 0
     if signs is None:
         raise ValueError(f"mask {kind!r} needs signs")
-    mask = sign_agreement_mask(tau, signs)
+    mask = sign_agreement_mask(tau, signs) if agree is None else agree
     if evidence is not None and no_evidence == "keep":
-        mask |= (~evidence) & (tau != 0)
+        return mask | ((~evidence) & (tau != 0))
     return mask
 
 
@@ -65,7 +67,7 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
 
 def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Tensor] = None,
                        evidence: Optional[torch.Tensor] = None, *, no_evidence: str = "drop", seed: int = 0,
-                       rho: float = 1.0, name: str = "") -> torch.Tensor:
+                       rho: float = 1.0, name: str = "", agree: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The masked τ of one tensor for ``variant`` (see the module docstring for each formula)."""
     if variant == "naive":
         return tau.clone()
@@ -76,7 +78,8 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         raise ValueError(f"mask {variant!r} needs signs for tensor {name!r}")
     no_evidence_keep = (~evidence) & (tau != 0) if evidence is not None and no_evidence == "keep" else None
     if variant in ("gradfix", "mean", "oracle"):
-        return torch.where(keep_mask(variant, tau, signs=signs, evidence=evidence, no_evidence=no_evidence), tau, 0.0)
+        return torch.where(keep_mask(variant, tau, signs=signs, evidence=evidence, no_evidence=no_evidence,
+                                     agree=agree), tau, 0.0)
     if variant == "force":
         out = tau.abs() * torch.sign(signs).to(tau.dtype)
     elif variant == "soft":
@@ -86,7 +89,8 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         weight = torch.tanh(rho * torch.sign(signs).to(tau.dtype) * tau / rms).clamp_min(0)
         out = tau * weight
     elif variant == "random":
-        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=no_evidence).sum())
+        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=no_evidence,
+                             agree=agree).sum())
         candidates = torch.nonzero(tau.flatten() != 0).squeeze(1)
         order = torch.randperm(candidates.numel(), generator=tensor_generator(seed, name))[:kept]
         flat = torch.zeros(tau.numel(), dtype=torch.bool)

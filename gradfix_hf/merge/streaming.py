@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import check_finite
 from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
 from ..votes.votes_file import VotesFile
-from .drift import tensor_drift
+from .drift import drift_norms, sign_agreement, tensor_drift
 from .methods import GlobalTrim, MergeMethod, TensorInputs, get
 from .writer import ShardedSafetensorsWriter
 
@@ -67,6 +67,9 @@ class _Reads:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
 
+    def clear(self) -> None:
+        self._cache.clear()
+
     def get(self, plan: TransportPlan, role: str, name: str) -> torch.Tensor:
         key = (str(plan.readers[role].model.local_dir), plan.keys[role][name])
         if key not in self._cache:
@@ -83,7 +86,7 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
     for plan, votes in zip(job.plans, job.votes):
         taus.append(reads.get(plan, SOURCE_FT, name) - reads.get(plan, SOURCE, name))
         if source == "oracle":
-            signs.append(torch.sign(_check_finite(plan, TARGET_FT, name, reads.get(plan, TARGET_FT, name)) - target))
+            signs.append(torch.sign(reads.get(plan, TARGET_FT, name) - target))
             evidence.append(None)
         elif source is not None:
             signs.append(votes.votes[name])
@@ -108,28 +111,40 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
         return _check_finite(head, role, name, head.raw_tensor(role, name)), None
     reads = _Reads()
     target, inputs = tensor_inputs(job, name, reads)
+    # (every input was checked for NaN/inf as it was read: plan.tensor → CheckpointReader.get_float)
+    norms = [drift_norms(target, reads.get(plan, SOURCE, name), tau) for plan, tau in zip(job.plans, inputs.taus)]
+    reads.clear()  # θ_A and θ_A^ft are in τ now: their maps go before the kernel's temporaries exist
+    shared = [sign_agreement(tau, sign) for tau, sign in zip(inputs.taus, inputs.signs)]
+    inputs.agreement = [mask for mask, _ in shared]  # the kernel's sign-agreement masks, computed once
+    agreement = [counts for _, counts in shared]
+    del shared
+    nonzero = _nonzero_of_union(inputs.taus)
     delta = job.method.delta(inputs, job.parameters)
     kept = int(torch.count_nonzero(delta))
-    if len(inputs.taus) == 1:
-        nonzero = int(torch.count_nonzero(inputs.taus[0]))
-    else:
-        union = torch.zeros(delta.shape, dtype=torch.bool)
-        for tau in inputs.taus:
-            union |= tau != 0
-        nonzero = int(torch.count_nonzero(union))
     stats = {"numel": delta.numel(), "kept_fraction": kept / max(delta.numel(), 1),
              "kept_of_nonzero_tau": kept / max(nonzero, 1)}
     if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
-        stats["votes"] = job.votes[0].statistics(name)
-    stats["drift"] = tensor_drift(target, [reads.get(plan, SOURCE, name) for plan in job.plans], inputs.taus,
-                                  inputs.signs)
-    norms = [x for key in ("source_sq", "diff_sq", "tau_sq") for x in stats["drift"][key]]
-    if not all(math.isfinite(x) for x in norms):  # the inputs' own check (a run from a votes file skips the pre-pass)
-        for plan in job.plans:
-            for role in (SOURCE, SOURCE_FT, TARGET):
-                _check_finite(plan, role, name, reads.get(plan, role, name))
-    # not add(alpha=): a fused multiply-add rounds differently; α = 1 skips a multiply that changes nothing
-    return (target + delta if job.alpha == 1 else target + job.alpha * delta), stats
+        stats["votes"] = job.votes[0].statistics(name, inputs.signs[0])
+    stats["drift"] = tensor_drift(norms, agreement)
+    fresh = all(delta.data_ptr() != t.data_ptr() for t in [target, *inputs.taus])
+    del inputs
+    if not fresh:
+        delta = delta.clone()
+    # θ_B + α·delta written into delta's memory: the same operations (α·delta, then + θ_B; no fused
+    # multiply-add, which rounds differently) without another model-sized tensor; α = 1 skips the multiply
+    if job.alpha != 1:
+        delta.mul_(job.alpha)
+    return delta.add_(target), stats
+
+
+def _nonzero_of_union(taus: list[torch.Tensor]) -> int:
+    """How many coordinates some task vector changes."""
+    if len(taus) == 1:
+        return int(torch.count_nonzero(taus[0]))
+    union = torch.zeros(taus[0].shape, dtype=torch.bool)
+    for tau in taus:
+        union |= tau != 0
+    return int(torch.count_nonzero(union))
 
 
 def iter_deltas(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -155,30 +170,59 @@ def compute_thresholds(job: MergeJob, *, progress: bool = False) -> MergeJob:
     return job.replace(thresholds=trim.thresholds())
 
 
-def iter_output(job: MergeJob, *, progress: bool = False) -> Iterator[tuple[str, torch.Tensor, Optional[dict]]]:
+def iter_output(job: MergeJob, *, progress: bool = False,
+                largest_first: bool = False) -> Iterator[tuple[str, torch.Tensor, Optional[dict]]]:
+    """Every output tensor, in the layout's order or, with ``largest_first``, by decreasing size: the biggest
+    temporaries are made while the heap is empty and later, smaller ones fit in the space they leave (in
+    layout order a large tensor at the end, e.g. an LM head, finds that space cut up and grows the heap)."""
     layout = job.head.layout
-    for name in tqdm(list(layout.parameters) + list(layout.buffers), desc="merge", disable=not progress,
-                     unit="tensor"):
+    names = list(layout.parameters) + list(layout.buffers)
+    if largest_first:
+        shapes = {**layout.parameters, **layout.buffers}
+        names.sort(key=lambda n: -math.prod(shapes[n]))  # stable: ties keep the layout's order
+    for name in tqdm(names, desc="merge", disable=not progress, unit="tensor"):
         tensor, stats = output_tensor(job, name)
         yield name, tensor, stats
+        del tensor  # not alive while the next one is computed
 
 
 def merge_to_folder(job: MergeJob, folder: Union[str, Path], *, dtype: Optional[torch.dtype] = None,
                     max_shard_size: Union[int, str] = "5GB", progress: bool = False) -> dict:
     """Stream the output tensors into ``folder``; returns the per-tensor statistics of merged tensors."""
     job = compute_thresholds(job, progress=progress)
-    writer = ShardedSafetensorsWriter(folder, max_shard_size)
+    writer = ShardedSafetensorsWriter(folder, max_shard_size, plan=output_layout(job.head, dtype))
     per_tensor = {}
-    head = job.head
-    for name, tensor, stats in iter_output(job, progress=progress):
-        if tensor.is_floating_point():
-            stored = head.readers[TARGET].dtype(head.keys[TARGET][name]) if name in head.keys[TARGET] else tensor.dtype
-            tensor = tensor.to(dtype or stored)
-        writer.add(name, tensor)
+    # a planned writer puts each tensor in its place whatever the order: the largest go first (peak memory)
+    for name, tensor, stats in iter_output(job, progress=progress, largest_first=writer.planned):
+        writer.add(name, tensor.to(_output_dtype(job.head, name, tensor.dtype, dtype)))
+        del tensor  # written: free it before the next tensor is computed
         if stats is not None:
             per_tensor[name] = stats
     writer.close()
-    return per_tensor
+    order = list(job.head.layout.parameters) + list(job.head.layout.buffers)
+    return {name: per_tensor[name] for name in order if name in per_tensor}
+
+
+def _output_dtype(head: TransportPlan, name: str, computed: torch.dtype, dtype: Optional[torch.dtype]) -> torch.dtype:
+    """A float output tensor is stored as ``dtype``, else as θ_B stores it (a copied head: as computed); others
+    keep their own dtype."""
+    if not computed.is_floating_point:
+        return computed
+    return dtype or (head.readers[TARGET].dtype(head.keys[TARGET][name]) if name in head.keys[TARGET] else computed)
+
+
+def output_layout(head: TransportPlan, dtype: Optional[torch.dtype] = None) -> list[tuple[str, torch.dtype, tuple]]:
+    """(name, stored dtype, shape) of every output tensor in write order, known before any is computed."""
+    layout = head.layout
+    out = []
+    for name, shape in list(layout.parameters.items()) + list(layout.buffers.items()):
+        if name in head.transported:
+            computed = torch.float32
+        else:
+            role = SOURCE_FT if name in head.copied_from_finetune else TARGET
+            computed = head.readers[role].dtype(head.keys[role][name])
+        out.append((name, _output_dtype(head, name, computed, dtype), tuple(shape)))
+    return out
 
 
 @torch.no_grad()

@@ -14,11 +14,12 @@ multiple of its element size. On a big-endian host the writer falls back to hold
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors.torch import save_file
@@ -63,11 +64,18 @@ def _append_file(source: Path, destination) -> None:
 
 
 class ShardedSafetensorsWriter:
-    """Writes tensors into shards of at most ``max_shard_size`` bytes; ``close()`` names shards and writes the index."""
+    """Writes tensors into shards of at most ``max_shard_size`` bytes; ``close()`` names shards and writes the index.
 
-    def __init__(self, folder: Union[str, Path], max_shard_size: Union[int, str] = "5GB"):
+    With ``plan`` (every tensor's name, dtype and shape, in the order they will be added, as the streaming merge
+    knows them before it computes anything) the shards and their headers are laid out upfront — the same layout
+    as without a plan — and each tensor is written straight to its place (``pwrite``): no temporary data file and
+    no second copy of the data."""
+
+    def __init__(self, folder: Union[str, Path], max_shard_size: Union[int, str] = "5GB",
+                 plan: Optional[Sequence[tuple[str, torch.dtype, Sequence[int]]]] = None):
         self.folder = Path(folder)
         self.max_bytes = parse_size(max_shard_size)
+        self._planned: Optional[dict[str, tuple]] = None  # name -> (fd, offset, dtype, shape)
         self._shards: list[tuple[Path, list[str]]] = []
         self.total_size = 0
         self._buffered = 0  # bytes of the current shard (streamed and held)
@@ -76,8 +84,69 @@ class ShardedSafetensorsWriter:
         self._data = None  # the current shard's temporary data file (open for appending)
         self._data_path: Optional[Path] = None
         self._data_size = 0
+        if plan is not None and _STREAM and hasattr(os, "pwrite"):
+            self._lay_out(plan)
+
+    def _lay_out(self, plan: Sequence[tuple[str, torch.dtype, Sequence[int]]]) -> None:
+        """Shard boundaries and headers of ``plan`` by the rules of :meth:`add` (streamed tensors in order, then
+        the held ones), each shard file created with its header; ``add`` then only writes bytes."""
+        shards: list[list[tuple[str, torch.dtype, list[int], int]]] = [[]]
+        used = 0
+        for name, dtype, shape in plan:
+            if dtype not in _NAMES:
+                raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+            size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            if shards[-1] and used + size > self.max_bytes:
+                shards.append([])
+                used = 0
+            shards[-1].append((name, dtype, list(shape), size))
+            used += size
+            self.total_size += size
+        self._planned = {}
+        for i, members in enumerate(shards):
+            streamed = [m for m in members if m[3] % ALIGN == 0]
+            held = sorted((m for m in members if m[3] % ALIGN), key=lambda m: (-torch.empty(0, dtype=m[1]).element_size(), m[0]))
+            header: dict = {"__metadata__": {"format": "pt"}}
+            offsets, offset = {}, 0
+            for name, dtype, shape, size in streamed + held:
+                header[name] = {"dtype": _NAMES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+                offsets[name] = offset
+                offset += size
+            encoded = json.dumps(header, separators=(",", ":")).encode()
+            encoded += b" " * (-(8 + len(encoded)) % ALIGN)
+            path = self.folder / f".shard-{i:05d}.tmp"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+            os.write(fd, len(encoded).to_bytes(8, "little") + encoded)
+            os.ftruncate(fd, 8 + len(encoded) + offset)
+            start = 8 + len(encoded)
+            for name, dtype, shape, _ in members:
+                self._planned[name] = (fd, start + offsets[name], dtype, shape)
+            self._shards.append((path, [m[0] for m in members]))
+        self._pending = set(self._planned)
+
+    @property
+    def planned(self) -> bool:
+        """True when tensors go straight to their place (then they may be added in any order)."""
+        return self._planned is not None
+
+    def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self._planned:
+            raise ValueError(f"tensor {name!r} is not in the writer's plan")
+        if name not in self._pending:
+            raise ValueError(f"tensor {name!r} was already written")
+        fd, offset, dtype, shape = self._planned[name]
+        if tensor.dtype != dtype or list(tensor.shape) != list(shape):
+            raise ValueError(f"tensor {name!r}: {tensor.dtype} {list(tensor.shape)} but the plan says {dtype} "
+                             f"{list(shape)}")
+        raw = _raw_bytes(tensor.detach().cpu().contiguous())
+        done = 0
+        while done < len(raw):
+            done += os.pwrite(fd, raw[done:], offset + done)
+        self._pending.discard(name)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        if self._planned is not None:
+            return self._write_planned(name, tensor)
         size = tensor.numel() * tensor.element_size()
         if (self._streamed or self._held) and self._buffered + size > self.max_bytes:
             self._flush()
@@ -136,7 +205,14 @@ class ShardedSafetensorsWriter:
         self._data, self._data_path, self._data_size = None, None, 0
 
     def close(self) -> list[str]:
-        if self._streamed or self._held or not self._shards:
+        if self._planned is not None:
+            for fd in {entry[0] for entry in self._planned.values()}:
+                os.close(fd)
+            if self._pending:
+                raise ValueError(f"{len(self._pending)} planned tensor(s) were never written, e.g. "
+                                 f"{sorted(self._pending)[:3]}")
+            self._planned = {}
+        elif self._streamed or self._held or not self._shards:
             self._flush()
         count = len(self._shards)
         if count == 1:

@@ -8,11 +8,13 @@ objective, the target and its revision, a data fingerprint and a fingerprint of 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -43,13 +45,17 @@ def params_fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
 class VotesFile:
     """Votes of one target on one set of samples. ``evidence[name]`` (bool, full shape) only where partial."""
 
-    votes: dict[str, torch.Tensor]
+    votes: Mapping[str, torch.Tensor]
     metadata: dict[str, str]
-    evidence: dict[str, torch.Tensor] = field(default_factory=dict)
+    evidence: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
         return int(self.metadata["n_samples"])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        votes = self.votes
+        return votes.shape(name) if isinstance(votes, _LazyTensors) else tuple(votes[name].shape)
 
     def signs(self, name: str) -> torch.Tensor:
         return torch.sign(self.votes[name])
@@ -80,13 +86,16 @@ class VotesFile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VotesFile":
+        """Open a votes file: metadata and layout are read and checked now; each tensor is read when asked for
+        (a streaming merge holds one tensor's votes at a time, not the whole file)."""
         path = Path(path)
         if not path.is_file():
             raise VotesFileError(f"{path}: votes file not found.")
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-                raw = {key: handle.get_tensor(key) for key in handle.keys()}
+            handle = safe_open(str(path), framework="pt")
+            metadata = dict(handle.metadata() or {})
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise VotesFileError(f"{path}: corrupt or truncated votes file: {exc}") from None
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
@@ -98,30 +107,31 @@ class VotesFile:
         if metadata["aggregation"] not in ("majority", "mean"):
             raise VotesFileError(f"{path}: corrupt metadata: aggregation is {metadata['aggregation']!r}, "
                                  "not 'majority' or 'mean'.")
-        votes = {k: v for k, v in raw.items() if not k.startswith((ROWS, BITS))}
-        evidence = {}
-        for key, value in raw.items():
+        names = [k for k in shapes if not k.startswith((ROWS, BITS))]
+        bad = [k for k in names if dtypes[k] not in _INTEGER_DTYPES]
+        if bad:
+            kind = _SAFETENSORS_DTYPES.get(dtypes[bad[0]], dtypes[bad[0]])
+            raise VotesFileError(f"{path}: votes must be signed integers; {bad[0]!r} is {kind}.")
+        evidence_keys = {}
+        for key in shapes:
             if not key.startswith((ROWS, BITS)):
                 continue
             name = key[len(ROWS):] if key.startswith(ROWS) else key[len(BITS):]
-            if name not in votes:
+            if name not in shapes or name.startswith((ROWS, BITS)):
                 raise VotesFileError(f"{path}: corrupt file: evidence {key!r} for a tensor with no votes.")
-            shape = votes[name].shape
-            if key.startswith(ROWS):
-                if value.dim() != 1 or len(shape) < 1 or value.shape[0] != shape[0]:
-                    raise VotesFileError(f"{path}: corrupt file: evidence {key!r} has shape {list(value.shape)} "
-                                         f"but {name!r} has {list(shape)}.")
-                evidence[name] = value.bool().reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
-            else:
-                bits = np.unpackbits(value.reshape(-1).numpy()) if value.dtype == torch.uint8 else None
-                if bits is None or bits.size < votes[name].numel():
-                    raise VotesFileError(f"{path}: corrupt file: evidence {key!r} ({value.dtype}, "
-                                         f"{value.numel()} bytes) does not cover the {votes[name].numel()} "
-                                         f"coordinates of {name!r}.")
-                evidence[name] = torch.from_numpy(bits[: votes[name].numel()].astype(bool)).reshape(shape)
-        bad = [k for k, v in votes.items() if v.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64)]
-        if bad:
-            raise VotesFileError(f"{path}: votes must be signed integers; {bad[0]!r} is {votes[bad[0]].dtype}.")
+            shape, stored = shapes[name], shapes[key]
+            if key.startswith(ROWS) and (len(stored) != 1 or len(shape) < 1 or stored[0] != shape[0]):
+                raise VotesFileError(f"{path}: corrupt file: evidence {key!r} has shape {list(stored)} "
+                                     f"but {name!r} has {list(shape)}.")
+            if key.startswith(BITS) and (dtypes[key] != "U8" or math.prod(stored) * 8 < math.prod(shape)):
+                kind = _SAFETENSORS_DTYPES.get(dtypes[key], dtypes[key])
+                raise VotesFileError(f"{path}: corrupt file: evidence {key!r} ({kind}, {math.prod(stored)} "
+                                     f"bytes) does not cover the {math.prod(shape)} coordinates of {name!r}.")
+            evidence_keys[name] = key
+        reader = _Reader(handle, path)
+        votes = _LazyTensors(names, lambda name: reader.get(name), {n: shapes[n] for n in names})
+        evidence = _LazyTensors(list(evidence_keys), lambda name: _decode_evidence(
+            reader.get(evidence_keys[name]), evidence_keys[name], shapes[name]), {n: shapes[n] for n in evidence_keys})
         return cls(votes=votes, metadata=metadata, evidence=evidence)
 
     def check_target(self, shapes: dict[str, tuple[int, ...]], *, target: str, commit_hash: Optional[str],
@@ -139,22 +149,24 @@ class VotesFile:
                                      x for x in (f"not in the target: {extra[:3]}" if extra else "",
                                                  f"missing votes for: {missing[:3]}" if missing else "") if x))
         for name, shape in shapes.items():
-            if tuple(self.votes[name].shape) != tuple(shape):
-                raise VotesFileError(f"{source}: tensor {name!r} has shape {list(self.votes[name].shape)} but the "
+            stored = self.shape(name)
+            if stored != tuple(shape):
+                raise VotesFileError(f"{source}: tensor {name!r} has shape {list(stored)} but the "
                                      f"target {target} has {list(shape)}.")
         n = self.n_samples
         limit = n if self.metadata["aggregation"] == "majority" else 1
-        for name, v in self.votes.items():
+        for name, v in self.votes.items():  # one tensor at a time (a file opened with load() holds none)
             # max and min in the vote dtype (abs() of the smallest int8 value overflows to itself), no int64 copy
             if v.numel() and max(int(v.max()), -int(v.min())) > limit:
                 raise VotesFileError(f"{source}: tensor {name!r} has |vote| > {limit} (N={n}): corrupt file.")
 
-    def statistics(self, name: str) -> dict:
+    def statistics(self, name: str, votes: Optional[torch.Tensor] = None) -> dict:
         """Shares of positive / negative / tied / no-evidence votes and the mean |v|/N (memoized: an α sweep asks
-        for the same tensor's statistics at every α). int8 votes take one pass: a 256-bin histogram."""
+        for the same tensor's statistics at every α). int8 votes take one pass: a 256-bin histogram. ``votes``:
+        this tensor's votes when the caller has already read them."""
         cache = self.__dict__.setdefault("_statistics", {})
         if name not in cache:
-            v = self.votes[name]
+            v = self.votes[name] if votes is None else votes
             numel = max(v.numel(), 1)
             ev = self.evidence.get(name)
             if v.dtype == torch.int8:
@@ -174,3 +186,74 @@ class VotesFile:
 
 #: |value| of each int8 bit pattern read as uint8 (the bins of the one-pass vote histogram)
 _INT8_ABS = torch.arange(256, dtype=torch.int64).where(torch.arange(256) < 128, 256 - torch.arange(256))
+
+
+_INTEGER_DTYPES = ("I8", "I16", "I32", "I64")
+_DIRECT = sys.byteorder == "little"  # safetensors stores little-endian bytes
+#: safetensors' dtype codes, for messages in torch's words
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "U8": torch.uint8, "BOOL": torch.bool, "I8": torch.int8, "I16": torch.int16,
+                       "I32": torch.int32, "I64": torch.int64}
+
+
+class _Reader:
+    """Reads one tensor of the file into fresh memory each time (``pread``, no memory map: a votes file read
+    tensor by tensor never stays resident; ``safe_open`` where that is not possible)."""
+
+    def __init__(self, handle, path: Path):
+        from ..checkpoint import read_header
+
+        self.handle, self.path = handle, path
+        self.entries = read_header(path) if _DIRECT and hasattr(os, "preadv") else {}
+
+    def get(self, key: str) -> torch.Tensor:
+        from ..checkpoint import DTYPES, pread_into
+
+        entry = self.entries.get(key)
+        try:
+            if entry is None or entry.dtype not in DTYPES:
+                return self.handle.get_tensor(key)
+            tensor = torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
+            if tensor.numel() * tensor.element_size() != entry.end - entry.begin:
+                raise ValueError(f"{entry.end - entry.begin} bytes for shape {list(entry.shape)} {entry.dtype}")
+            if tensor.numel():
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    pread_into(fd, memoryview(tensor.reshape(-1).view(torch.uint8).numpy()), entry.begin)
+                finally:
+                    os.close(fd)
+            return tensor
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise VotesFileError(f"{self.path}: corrupt or truncated votes file (tensor {key!r}): {exc}") from None
+
+
+class _LazyTensors(Mapping):
+    """A read-only name → tensor mapping that reads a tensor each time it is asked for (shapes known upfront)."""
+
+    def __init__(self, names: list[str], read: Callable[[str], torch.Tensor], shapes: dict[str, tuple[int, ...]]):
+        self._names, self._read, self._shapes = list(names), read, shapes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._shapes:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._shapes
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+
+def _decode_evidence(value: torch.Tensor, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The full-shape bool evidence of a tensor from its stored form (one flag per row, or packed bits)."""
+    if key.startswith(ROWS):
+        return value.bool().reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+    bits = np.unpackbits(value.reshape(-1).numpy())
+    return torch.from_numpy(bits[: math.prod(shape)].astype(bool)).reshape(shape)

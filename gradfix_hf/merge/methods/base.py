@@ -53,6 +53,7 @@ class TensorInputs:
     evidence: list[Optional[torch.Tensor]]
     weights: list[float]
     thresholds: Optional[list[float]] = None  # global trim thresholds per task (original TIES), when computed
+    agreement: Optional[list[Optional[torch.Tensor]]] = None  # 1{sign(τ_t) = ŝ_t ≠ 0}, when already computed
 
 
 MASK_PARAMETERS = (
@@ -141,9 +142,11 @@ class MergeMethod:
 
 def mask_each(inputs: TensorInputs, params: Mapping[str, Any]) -> list[torch.Tensor]:
     """Mask every task vector with its own sign estimate (the first step of Mask-then-Merge)."""
+    agreement = inputs.agreement or [None] * len(inputs.taus)
     return [masked_task_vector(params["mask"], tau, signs, evidence, no_evidence=params["no_evidence"],
-                               seed=params["seed"], rho=params["rho"], name=f"{inputs.name}#{t}")
-            for t, (tau, signs, evidence) in enumerate(zip(inputs.taus, inputs.signs, inputs.evidence))]
+                               seed=params["seed"], rho=params["rho"], name=f"{inputs.name}#{t}", agree=agree)
+            for t, (tau, signs, evidence, agree) in enumerate(zip(inputs.taus, inputs.signs, inputs.evidence,
+                                                                  agreement))]
 
 
 def merge_vectors(vectors: list[torch.Tensor], inputs: TensorInputs, params: Mapping[str, Any]) -> torch.Tensor:
