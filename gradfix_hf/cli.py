@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .allocator import reuse_freed_memory
+from .allocator import reuse_from_environment
 from .errors import GradFixError
 from .version import __version__
 
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--votes", help="use this votes file instead of computing votes")
     sweep.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
     sweep.add_argument("--markdown", help="also write the table as markdown to this file")
+    sweep.add_argument("--plot", metavar="PATH.png",
+                       help="also draw the validation score against α per method, with the zero-shot and few-shot "
+                            "baselines, as a PNG (needs matplotlib: pip install 'gradfix_hf[plot]')")
 
     methods = sub.add_parser("methods", help="list the merge methods, their parameters and the mask variants",
                              description="List the registered merge methods with their parameters and defaults.")
@@ -157,6 +160,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"the Hub token is valid; a real run would push to {args.push_to_hub}.")
         return 0
     totals = result.report["totals"]
+    auto = result.report.get("auto")
+    if auto:  # method: auto — what the validation split chose
+        print(f"method auto: chose {auto['label']} at α={auto['alpha']:g} ({auto['metric']} "
+              f"{auto['validation']:.4f} on {auto['split']}; " + ", ".join(
+                  f"{c['label']} {c['best_validation']:.4f} at α={c['best_alpha']:g}"
+                  for c in auto["candidates"].values()) + ")")
     print(format_evaluation(result.evaluation))
     print(f"kept {totals['kept_fraction']:.4f} of τ_A over {totals['transported_coordinates']} coordinates")
     lora = result.report.get("lora")
@@ -277,9 +286,11 @@ def _parse_alphas(text: Optional[str]) -> Optional[list[float]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
+    from .sweep import require_matplotlib, sweep
 
     alphas = _parse_alphas(args.alphas)
+    if args.plot:
+        require_matplotlib()  # before the votes, not after
     result = sweep(_load_recipe(args), alphas=alphas, votes=args.votes, progress=not args.no_progress)
     table = result.to_markdown()
     print(f"α chosen on {result.validation['split']} ({result.validation['n_samples']} samples)"
@@ -292,6 +303,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         Path(args.json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
+    if args.plot:
+        print(f"wrote {result.plot(args.plot)}")
     return 0
 
 
@@ -339,7 +352,7 @@ COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    reuse_freed_memory()  # model-sized temporaries without page faults (gradfix_hf/allocator.py)
+    reuse_from_environment()  # GRADFIX_REUSE_FREED_MEMORY=1: keep freed blocks (gradfix_hf/allocator.py)
     try:
         return COMMANDS[args.command](args)
     except GradFixError as exc:

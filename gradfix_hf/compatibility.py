@@ -175,8 +175,13 @@ def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> No
                                      + "; ".join(examples) + "): token ids would not mean the same tokens.")
 
 
-def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True) -> TransportPlan:
-    """Line up every checkpoint with the target layout, or raise naming the tensor, model and reason."""
+def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True,
+                   transported_prefixes: Optional[tuple[str, ...]] = None) -> TransportPlan:
+    """Line up every checkpoint with the target layout, or raise naming the tensor, model and reason.
+
+    ``transported_prefixes`` (an objective's choice, e.g. CLIP's vision tower): only parameters under these
+    names are transported; every other parameter is θ_B's, unchanged (and needs only θ_B to have it).
+    """
     readers = {role: CheckpointReader(m) for role, m in models.items() if not m.is_adapter}
     if any(m.is_adapter for m in models.values()):  # θ_A + the adapter's merged delta, tensor by tensor
         from .lora.adapter_reader import LoraAdapterReader
@@ -193,7 +198,11 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
     for name in names:
         present = {role for role in readers if name in keys[role]}
         is_param = name in layout.parameters
-        if is_param and {SOURCE, SOURCE_FT, TARGET} <= present:
+        if is_param and transported_prefixes is not None and not name.startswith(transported_prefixes) \
+                and TARGET in present:
+            plan.from_target.append(name)  # outside what the objective transports: θ_B's own tensor
+            roles = [TARGET]
+        elif is_param and {SOURCE, SOURCE_FT, TARGET} <= present:
             if TARGET_FT in readers and TARGET_FT not in present:
                 raise CompatibilityError(f"tensor {name!r} is missing from {TARGET_FT} ({models[TARGET_FT].name}).")
             if not readers[TARGET].dtype(keys[TARGET][name]).is_floating_point:

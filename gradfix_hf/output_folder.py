@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .auto import choice_table
 from .errors import GradFixError
 from .merge.drift import drift_table
 
@@ -58,14 +59,35 @@ def _is_hub_id(model: dict) -> bool:
 
 
 def _results_table(evaluation: Optional[dict]) -> str:
+    """Every metric of every scored model (reports written before ``scores`` existed: their one metric)."""
     if not evaluation:
         return "No held-out evaluation was configured for this run."
-    lines = [f"Held-out {evaluation['metric']} on `{evaluation['split']}` ({evaluation['n_samples']} samples):", "",
-             "| model | α | " + evaluation["metric"] + " |", "|---|---|---|"]
+    metrics = evaluation.get("metrics") or [evaluation["metric"]]
+    lines = [f"Held-out scores on `{evaluation['split']}` ({evaluation['n_samples']} samples):", "",
+             "| model | α | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for row in evaluation["rows"]:
         alpha = "–" if row.get("alpha") is None else f"{row['alpha']:g}"
-        lines.append(f"| {row['model']} | {alpha} | {row['score']:.4f} |")
+        scores = row.get("scores") or {evaluation["metric"]: row["score"]}
+        cells = " | ".join("–" if scores.get(m) is None else f"{scores[m]:.4f}" for m in metrics)
+        lines.append(f"| {row['model']} | {alpha} | {cells} |")
     return "\n".join(lines)
+
+
+def _auto_section(report: dict) -> str:
+    """How ``method: auto`` chose the mask and α (empty for other methods)."""
+    auto = report.get("auto")
+    if not auto:
+        return ""
+    return f"""## Automatic choice (`method: auto`)
+
+The mask and α were picked on `{auto['split']}` ({auto['n_samples']} samples, {auto['metric']}) among these
+candidates, each at its own best α on the grid {', '.join(f'{a:g}' for a in auto['alphas'])}; the written model is
+the one in bold ({auto['label']}, α = {auto['alpha']:g}). The same split scored the table above, so its scores
+are optimistic for the chosen row; `gradfix sweep` reports a separate test split.
+
+{choice_table(auto, auto['metric'])}
+
+"""
 
 
 def _model_name(model: dict) -> str:
@@ -194,7 +216,7 @@ pre-trained models, masked coordinate by coordinate with GradFix
 
 {_results_table(report.get('evaluation'))}
 
-## Drift of the target and agreement of the vote
+{_auto_section(report)}## Drift of the target and agreement of the vote
 
 How far θ_B is from θ_A (relative L2 distance), the share of coordinates where τ_A's sign agrees with the
 target's sign estimate (among those where both have one), and the kept fraction, per layer group{

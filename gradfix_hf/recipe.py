@@ -18,7 +18,7 @@ import yaml
 
 from .errors import RecipeError
 
-OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "callable")
+OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot", "callable")
 DTYPES = ("float32", "float16", "bfloat16")
 VOTE_ENGINES = ("auto", "batched", "reference")
 
@@ -121,7 +121,11 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The few labelled samples D_s: where they come from, which columns hold what, and how many per class."""
+    """The few labelled samples D_s: where they come from, which columns hold what, and how many per class.
+
+    ``selection`` chooses the K rows of a class: ``random`` (seeded, no model load) or, on θ_B's embeddings of
+    a seeded pool of at most ``selection_pool`` rows per class, ``herding``, ``k-medoids`` or ``k-center``.
+    """
 
     path: str
     name: Optional[str] = None
@@ -132,19 +136,41 @@ class DataConfig:
     label_column: str = "label"
     samples_per_class: int = 8
     seed: int = 0
+    selection: str = "random"
+    selection_pool: Optional[int] = 1000
     prompt: str = "{text}"
     label_words: Optional[dict] = None
     max_length: int = 128
+    image_column: str = "image"  # image objectives (clip-zero-shot): an Image feature, or image file paths
+    templates: Optional[list] = None  # clip-zero-shot prompt templates, "{}" or "{label}" = the class name
 
     def __post_init__(self) -> None:
         if not isinstance(self.samples_per_class, int) or self.samples_per_class < 1:
             raise RecipeError(f"data.samples_per_class: must be a positive integer, got {self.samples_per_class!r}.")
+        from .selection import canonical_selection  # how the K samples are chosen (gradfix_hf/selection.py)
+
+        object.__setattr__(self, "selection", canonical_selection(self.selection, "data.selection"))
+        pool = self.selection_pool
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < self.samples_per_class):
+            raise RecipeError(f"data.selection_pool: rows embedded per class, an integer >= data.samples_per_class "
+                              f"({self.samples_per_class}) or null for every row, got {pool!r}.")
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise RecipeError(f"data.max_length: must be an integer >= 2, got {self.max_length!r}.")
         if "{text}" not in self.prompt:
             raise RecipeError(f"data.prompt: must contain '{{text}}', got {self.prompt!r}.")
         if self.label_words is not None and not isinstance(self.label_words, Mapping):
             raise RecipeError("data.label_words: must map each label to its verbalisation, e.g. {0: negative}.")
+        if self.templates is not None:
+            from .objectives.clip_zero_shot import template_error  # the objective owns the placeholder rule
+
+            if isinstance(self.templates, str) or not isinstance(self.templates, (list, tuple)) or not self.templates:
+                raise RecipeError(f"data.templates: a non-empty list of prompt templates, got {self.templates!r}.")
+            for template in self.templates:
+                if template_error(template):
+                    raise RecipeError(f"data.templates: {template_error(template)}, e.g. 'a photo of a {{}}.'.")
+            object.__setattr__(self, "templates", list(self.templates))
+        if not isinstance(self.image_column, str) or not self.image_column:
+            raise RecipeError(f"data.image_column: the name of the image column, got {self.image_column!r}.")
 
 
 @dataclass(frozen=True)
@@ -153,6 +179,12 @@ class EvaluationConfig:
 
     ``gradfix sweep`` picks α on ``split`` (the validation split) over ``alphas`` and reports the chosen α on
     ``test_split`` (from ``test_path`` or the same data set), never choosing on the test split.
+
+    ``metrics`` are `evaluate` metrics (``accuracy``, ``f1`` and ``exact_match`` ship with the package and load
+    offline; other names are loaded from the Hub when the recipe is read); the first one picks α. The few-shot
+    fine-tuning baseline (θ_B trained on the vote samples, :mod:`gradfix_hf.few_shot`) runs
+    ``few_shot_steps`` AdamW steps (0: no baseline) at ``few_shot_lr`` on batches of ``few_shot_batch_size``
+    (default: all vote samples in one batch).
     """
 
     split: str = "validation"
@@ -163,8 +195,30 @@ class EvaluationConfig:
     test_split: Optional[str] = None
     test_path: Optional[str] = None
     alphas: Optional[list] = None
+    metrics: tuple = ("accuracy", "f1")
+    few_shot_steps: int = 1
+    few_shot_lr: float = 1e-5
+    few_shot_batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
+        from .metrics.loading import check_metric_names  # evaluate itself is imported only for non-built-in names
+
+        object.__setattr__(self, "metrics", check_metric_names(self.metrics, "evaluation.metrics"))
+        for key, low in (("few_shot_steps", 0), ("few_shot_batch_size", 1)):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise RecipeError(f"evaluation.{key}: an integer >= {low}, got {value!r}.")
+        if self.few_shot_steps is None:
+            raise RecipeError("evaluation.few_shot_steps: an integer >= 0 (0 disables the few-shot baseline).")
+        lr = self.few_shot_lr
+        if isinstance(lr, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                lr = float(lr)
+            except ValueError:
+                pass
+            object.__setattr__(self, "few_shot_lr", lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise RecipeError(f"evaluation.few_shot_lr: a positive number, got {lr!r}.")
         if self.alphas is not None:
             if (not isinstance(self.alphas, (list, tuple)) or not self.alphas
                     or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 or a != a
@@ -205,16 +259,23 @@ class MethodConfig:
         return cls(**fields, parameters=parameters)
 
     def __post_init__(self) -> None:
+        from .auto import AUTO, validate_candidates
         from .merge.methods import get
 
         if not isinstance(self.name, str):
             raise RecipeError(f"method.name: must be a string, got {self.name!r}.")
-        method = get(self.name, "method.name")
-        valid = list(_METHOD_FIELDS) + method.parameter_names()
+        if self.name == AUTO:  # the validation split picks mask and α (gradfix_hf/auto.py)
+            valid = list(_METHOD_FIELDS) + ["candidates"]
+        else:
+            valid = list(_METHOD_FIELDS) + get(self.name, "method.name").parameter_names()
         for key in self.parameters:
             if key not in valid:
                 raise RecipeError(f"method: unknown key {key!r} for method {self.name!r}.{_closest(str(key), valid)}")
-        object.__setattr__(self, "parameters", method.validate(self.parameters, "method"))
+        if self.name == AUTO:
+            parameters = {"candidates": validate_candidates(self.parameters.get("candidates"))}
+        else:
+            parameters = get(self.name).validate(self.parameters, "method")
+        object.__setattr__(self, "parameters", parameters)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
             raise RecipeError(f"method.alpha: must be a number, got {self.alpha!r}.")
         if self.alpha != self.alpha or self.alpha in (float("inf"), float("-inf")):
@@ -225,11 +286,16 @@ class MethodConfig:
             )
 
     @property
+    def is_auto(self) -> bool:
+        return self.name == "auto"
+
+    @property
     def method(self):
-        """The registered :class:`~gradfix_hf.merge.methods.MergeMethod`."""
+        """The registered :class:`~gradfix_hf.merge.methods.MergeMethod` (``gradfix`` for ``auto``, which
+        resolves to a GradFix mask before the merge)."""
         from .merge.methods import get
 
-        return get(self.name)
+        return get("gradfix" if self.is_auto else self.name)
 
     @property
     def mask(self) -> Optional[str]:
@@ -238,10 +304,13 @@ class MethodConfig:
     @property
     def sign_source(self) -> Optional[str]:
         """Where the sign estimate comes from: ``votes``, ``mean-votes``, ``oracle`` or None."""
-        return self.method.sign_source(self.parameters)
+        return "votes" if self.is_auto else self.method.sign_source(self.parameters)
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "alpha": self.alpha, **dict(self.parameters)}
+        parameters = dict(self.parameters)
+        if self.is_auto:
+            parameters["candidates"] = [c["mask"] if list(c) == ["mask"] else dict(c) for c in parameters["candidates"]]
+        out = {"name": self.name, "alpha": self.alpha, **parameters}
         if self.force:
             out["force"] = True
         return out
@@ -365,6 +434,9 @@ class Recipe:
             raise RecipeError("objective: 'callable' needs a loss_fn (Python API: Recipe(..., loss_fn=fn)).")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise RecipeError("loss_fn: must be callable as loss_fn(model, sample) -> scalar tensor.")
+        if self.method.is_auto and self.evaluation is None:
+            raise RecipeError("method: 'auto' picks the mask and α on a held-out split: add an evaluation section "
+                              "(evaluation.split, and evaluation.alphas for the grid).")
         self._check_tasks()
 
     def _check_tasks(self) -> None:

@@ -4,29 +4,50 @@ The authors' code picks α on the test set; here α is chosen per method on ``ev
 scored on ``evaluation.test_split``. The sweep is stage 2 only: votes are computed (or loaded) once, each
 method's delta is computed once, and every α just sets θ_B + α·delta in the loaded model — no gradient pass
 and no re-read of the checkpoints per α. Memory: the model plus θ_B's and each method's delta of the merged
-tensors (fp32).
+tensors (fp32); the few-shot fine-tuning baseline briefly adds a trained copy of the model and its AdamW state.
+
+Every method and baseline is scored with every metric of ``evaluation.metrics`` (through `evaluate`, see
+:mod:`gradfix_hf.metrics`); the first metric picks α. Baselines sit in the same table: θ_B zero-shot, the
+few-shot fine-tuning of θ_B on the vote samples (:mod:`gradfix_hf.few_shot`; no α), naive θ_B + α·τ_A (its
+own best α), the recipe's method and the oracle when ``models.target_finetuned`` is given.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from .errors import RecipeError
+from .auto import candidate_jobs, choose
+from .errors import GradFixError, RecipeError
+from .few_shot import few_shot_baseline
 from .merge.streaming import MergeJob, iter_deltas, load_base_model
+from .metrics import score_model
 from .recipe import Recipe
-from .transport import accuracy, as_recipe, comparison_jobs, prepare, recipe_votes
+from .transport import as_recipe, comparison_jobs, evaluation_metrics, oracle_jobs, prepare, recipe_votes
 
 logger = logging.getLogger("gradfix_hf")
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
+def require_matplotlib() -> tuple[Any, Any]:
+    """matplotlib's ``Figure`` and Agg canvas (no pyplot, no display), or a clear error naming the extra."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise GradFixError("plotting a sweep needs matplotlib: pip install 'gradfix_hf[plot]'.") from None
+    return Figure, FigureCanvasAgg
+
+
 @dataclass
 class SweepResult:
-    """Validation scores per method and α, the chosen α per method, and test scores at the chosen α."""
+    """Validation scores per method and α, the chosen α per method, test scores at the chosen α, and the
+    baselines without α (θ_B zero-shot, few-shot fine-tuning). ``metric`` is the one that picks α; every
+    entry also carries all of ``metrics`` (``*_scores``)."""
 
     metric: str
     alphas: list[float]
@@ -35,21 +56,66 @@ class SweepResult:
     methods: dict[str, dict] = field(default_factory=dict)
     zero_shot: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    few_shot: Optional[dict] = None
+    chosen: Optional[dict] = None  # method: auto — the candidate and α the validation split picked
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "alphas": self.alphas, "validation": self.validation, "test": self.test,
-                "zero_shot": self.zero_shot, "methods": self.methods, "warnings": self.warnings}
+        return {"metric": self.metric, "metrics": self.metrics, "alphas": self.alphas, "validation": self.validation,
+                "test": self.test, "zero_shot": self.zero_shot, "few_shot": self.few_shot, "methods": self.methods,
+                "chosen": self.chosen, "warnings": self.warnings}
+
+    def _rows(self) -> list[tuple[str, Optional[float], dict, Optional[dict]]]:
+        """(label, α, validation scores, test scores) of every baseline and method, in table order."""
+        rows = [(self.zero_shot["label"], None, self.zero_shot["validation_scores"], self.zero_shot.get("test_scores"))]
+        if self.few_shot is not None:
+            rows.append((self.few_shot["label"], None, self.few_shot["validation_scores"],
+                         self.few_shot.get("test_scores")))
+        rows += [(m["label"], m["best_alpha"], m["best_validation_scores"], m.get("test_scores"))
+                 for m in self.methods.values()]
+        return rows
 
     def to_markdown(self) -> str:
-        test = self.test is not None
-        head = f"| method | best α (on validation) | validation {self.metric} |" + (f" test {self.metric} |" if test else "")
-        lines = [head, "|---|---|---|" + ("---|" if test else "")]
-        rows = [("θ_B zero-shot", None, self.zero_shot)] + [(m["label"], m["best_alpha"], m) for m in self.methods.values()]
-        for label, alpha, scores in rows:
-            best = scores.get("best_validation", scores.get("validation"))
-            cell = "–" if alpha is None else f"{alpha:g}"
-            lines.append(f"| {label} | {cell} | {best:.4f} |" + (f" {scores['test']:.4f} |" if test else ""))
+        splits = ["validation"] + (["test"] if self.test is not None else [])
+        columns = [f"{split} {name}" for split in splits for name in self.metrics]
+        lines = ["| method | best α (on validation) | " + " | ".join(columns) + " |",
+                 "|---|---|" + "---|" * len(columns)]
+        for label, alpha, validation, test in self._rows():
+            cells = [f"{validation[name]:.4f}" for name in self.metrics]
+            if test is not None:
+                cells += [f"{test[name]:.4f}" for name in self.metrics]
+            lines.append(f"| {label} | {'–' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
+        if self.chosen is not None:
+            lines += ["", f"method: auto chooses {self.chosen['label']} at α = {self.chosen['alpha']:g} (best "
+                          f"validation {self.metric} {self.chosen['validation']:.4f})."]
         return "\n".join(lines)
+
+    def plot(self, path: Union[str, os.PathLike]) -> Path:
+        """A PNG of the validation score (the metric that picks α) against α per method, the chosen α starred,
+        with horizontal lines for θ_B zero-shot and the few-shot fine-tuning baseline. Needs ``gradfix_hf[plot]``."""
+        Figure, FigureCanvasAgg = require_matplotlib()
+        figure = Figure(figsize=(6.4, 4.4), dpi=120)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        for entry in self.methods.values():
+            (line,) = axes.plot(self.alphas, [entry["validation"][str(a)] for a in self.alphas], marker="o",
+                                label=f"{entry['label']} (best α {entry['best_alpha']:g})")
+            axes.plot([entry["best_alpha"]], [entry["best_validation"]], marker="*", markersize=14,
+                      color=line.get_color(), linestyle="none")
+        for entry, style in ((self.zero_shot, dict(color="gray", linestyle="--")),
+                             (self.few_shot, dict(color="black", linestyle=":"))):
+            if entry is not None:
+                axes.axhline(entry["validation"], label=f"{entry['label']}: {entry['validation']:.4f}", **style)
+        axes.set_xlabel("α")
+        axes.set_ylabel(f"validation {self.metric}")
+        axes.set_title(f"{self.metric} on {self.validation['split']} ({self.validation['n_samples']} samples)",
+                       fontsize="medium")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        path = Path(path)
+        figure.savefig(path, format="png")
+        return path
 
 
 def _set_alpha(params: dict, tensors: dict, alpha: float) -> None:
@@ -62,45 +128,100 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
           votes: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
           progress: bool = True) -> SweepResult:
     """Score every method of a single-task recipe over an α grid on the validation split; choose α per method
-    there, then report the chosen α's score on the test split (when ``evaluation.test_split`` is set)."""
+    there, then report the chosen α's score on the test split (when ``evaluation.test_split`` is set). The
+    baselines without α (θ_B zero-shot, few-shot fine-tuning) are scored on both splits."""
     recipe = as_recipe(recipe)
     if recipe.evaluation is None:
         raise RecipeError("evaluation: a sweep needs an evaluation section (the validation split that picks α).")
     if len(recipe.resolved_tasks()) != 1:
         raise RecipeError("tasks: a sweep scores one task; a merge of several task vectors has no single split.")
-    grid = sorted(set(alphas or recipe.evaluation.alphas or DEFAULT_ALPHAS))
-    if any(not a > 0 for a in grid):
-        raise RecipeError(f"alphas: every α must be > 0, got {grid}.")
+    grid = alpha_grid(recipe, alphas)
     prepared = prepare(recipe, token=token)
+    metrics = evaluation_metrics(prepared)
     vote_files = recipe_votes(recipe, [prepared], votes=votes, progress=progress)
-    job = MergeJob([prepared.plan], vote_files, recipe.method.method, recipe.method.parameters, 1.0)
     model = load_base_model(prepared.plan)
-    params = dict(model.named_parameters())
     objective, validation, test = prepared.objective, prepared.eval_samples, prepared.test_samples
-    result = SweepResult(metric="accuracy", alphas=grid,
+
+    def baseline(label: str, scored_model: torch.nn.Module) -> dict:
+        entry: dict[str, Any] = {"label": label,
+                                 "validation_scores": score_model(objective, scored_model, validation, metrics)}
+        if test is not None:
+            entry["test_scores"] = score_model(objective, scored_model, test, metrics)
+        return entry
+
+    zero_shot = baseline("θ_B zero-shot", model)
+    primary = next(iter(zero_shot["validation_scores"]))
+    result = SweepResult(metric=primary, metrics=list(zero_shot["validation_scores"]), alphas=grid,
                          validation={"split": validation.source, "n_samples": len(validation)},
                          test=None if test is None else {"split": test.source, "n_samples": len(test)})
-    result.zero_shot = {"validation": accuracy(objective, model, validation)}
-    if test is not None:
-        result.zero_shot["test"] = accuracy(objective, model, test)
-    for key, label, variant in comparison_jobs(prepared, job):
+    result.zero_shot = _with_primary(zero_shot, primary)
+    few_shot = few_shot_baseline(prepared, model)  # trains a copy: the sweep's model stays θ_B
+    if few_shot is not None:
+        label, tuned = few_shot
+        ev = recipe.evaluation
+        result.few_shot = {**_with_primary(baseline(label, tuned), primary), "steps": ev.few_shot_steps,
+                           "lr": ev.few_shot_lr, "batch_size": ev.few_shot_batch_size or len(prepared.examples),
+                           "n_samples": len(prepared.examples)}
+        del few_shot, tuned
+    if recipe.method.is_auto:  # every candidate (and the oracle as a reference), then the choice
+        jobs = candidate_jobs(prepared, vote_files[0]) + oracle_jobs(prepared)
+    else:
+        jobs = comparison_jobs(prepared, MergeJob([prepared.plan], vote_files, recipe.method.method,
+                                                  recipe.method.parameters, 1.0))
+    result.methods, result.warnings = score_jobs(prepared, model, jobs, grid, metrics, progress=progress)
+    if recipe.method.is_auto:
+        result.chosen = choose(result.methods, recipe.method.parameters["candidates"])
+    for message in result.warnings:
+        logger.warning(message)
+    return result
+
+
+def score_jobs(prepared, model: torch.nn.Module, jobs: list, grid: list[float], metrics, *, test: bool = True,
+               progress: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α,
+    ties → the smallest α) and, when ``test`` and a test split exist, at its best α on the test split.
+    ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the grid-edge warnings."""
+    params = dict(model.named_parameters())
+    objective, validation = prepared.objective, prepared.eval_samples
+    test_samples = prepared.test_samples if test else None
+    entries: dict[str, dict] = {}
+    warnings: list[str] = []
+    for key, label, variant in jobs:
         tensors = {name: (target, delta) for name, target, delta in iter_deltas(variant, progress=progress)}
         scores = {}
         for alpha in grid:
             _set_alpha(params, tensors, alpha)
-            scores[alpha] = accuracy(objective, model, validation)
-        best = max(grid, key=lambda a: (scores[a], -a))  # ties: the smallest α
-        entry: dict[str, Any] = {"label": label, "validation": {str(a): s for a, s in scores.items()},
-                                 "best_alpha": best, "best_validation": scores[best]}
-        if test is not None:
+            scores[alpha] = score_model(objective, model, validation, metrics)
+        primary = next(iter(scores[grid[0]]))
+        best = max(grid, key=lambda a: (scores[a][primary], -a))  # ties: the smallest α
+        entry: dict[str, Any] = {"label": label, "validation": {str(a): s[primary] for a, s in scores.items()},
+                                 "validation_scores": {str(a): s for a, s in scores.items()},
+                                 "best_alpha": best, "best_validation": scores[best][primary],
+                                 "best_validation_scores": scores[best]}
+        if test_samples is not None:
             _set_alpha(params, tensors, best)
-            entry["test"] = accuracy(objective, model, test)
+            entry["test_scores"] = score_model(objective, model, test_samples, metrics)
+            entry["test"] = entry["test_scores"][primary]
         if len(grid) > 1 and best in (grid[0], grid[-1]):
             side = "smallest" if best == grid[0] else "largest"
-            result.warnings.append(f"{label}: the best α ({best:g}) is the grid's {side} value; the optimum may lie "
-                                   "outside it (extend evaluation.alphas / --alphas).")
-        result.methods[key] = entry
-        _set_alpha(params, tensors, 0.0)  # back to θ_B for the next method
-    for message in result.warnings:
-        logger.warning(message)
-    return result
+            warnings.append(f"{label}: the best α ({best:g}) is the grid's {side} value; the optimum may lie "
+                            "outside it (extend evaluation.alphas / --alphas).")
+        entries[key] = entry
+        _set_alpha(params, tensors, 0.0)  # back to θ_B for the next job
+    return entries, warnings
+
+
+def alpha_grid(recipe: Recipe, alphas: Optional[list[float]] = None) -> list[float]:
+    """The α grid: ``alphas``, else ``evaluation.alphas``, else 0.1, 0.2, …, 1.0 (sorted, each > 0)."""
+    grid = sorted(set(alphas or (recipe.evaluation.alphas if recipe.evaluation else None) or DEFAULT_ALPHAS))
+    if any(not a > 0 for a in grid):
+        raise RecipeError(f"alphas: every α must be > 0, got {grid}.")
+    return grid
+
+
+def _with_primary(entry: dict, primary: str) -> dict:
+    """A baseline entry with its ``validation``/``test`` score in the metric that picks α."""
+    out = {**entry, "validation": entry["validation_scores"][primary]}
+    if "test_scores" in entry:
+        out["test"] = entry["test_scores"][primary]
+    return out

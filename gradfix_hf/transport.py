@@ -22,16 +22,21 @@ from typing import Any, Optional, Union
 import torch
 
 from . import compatibility as compat
+from .auto import candidate_label, resolve as resolve_auto
 from .compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT
-from .data import LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split, select_per_class
+from .data import (LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split,
+                   select_per_class, with_images)
 from .errors import GradFixError, RecipeError, VotesFileError
+from .few_shot import few_shot_baseline
 from .hub import ResolvedModel, local_path, pinned_reference, resolve_model
 from .merge.drift import drift_report
 from .merge.streaming import MergeJob, apply_in_memory, load_base_model, merge_to_folder
-from .objectives import OBJECTIVES, CallableObjective, Objective
+from .metrics import MetricSet, score_model
+from .objectives import OBJECTIVES, CallableObjective, CLIPZeroShotObjective, Objective
 from .output_folder import (RECIPE_NAME, atomic_folder, check_destination, push_output_folder, read_report,
                             write_model_card, write_report)
 from .recipe import Recipe, ResolvedTask
+from .selection import target_embedder
 from .version import __version__
 from .votes import VotesFile, params_fingerprint
 from .votes.distributed import (ProcessContext, VoteEngine, batched_vote_engine, distributed_votes, on_main_process,
@@ -68,6 +73,7 @@ class PreparedRun:
             "tensors": self.plan.summary(),
             "vote_samples": len(self.samples) if self.samples else 0,
             "data_fingerprint": self.samples.fingerprint if self.samples else None,
+            "selection": self.samples.selection if self.samples is not None else None,
             "evaluation_samples": len(self.eval_samples) if self.eval_samples else 0,
         }
 
@@ -85,9 +91,10 @@ def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_co
 
 
 def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optional[str] = None,
-            check_values: bool = True) -> PreparedRun:
+            check_values: bool = True, select_samples: bool = True) -> PreparedRun:
     """Resolve the models and the data of one task vector (default: the recipe's first) and check everything
-    that needs no gradient."""
+    that needs no gradient. ``select_samples=False`` (a dry run) skips embedding the pool of a non-random
+    ``data.selection``: the class sizes are checked, the rows are chosen at run time."""
     task = task or recipe.resolved_tasks()[0]
     refs = {SOURCE: task.models.source, SOURCE_FT: task.models.source_finetuned, TARGET: task.models.target}
     if task.models.target_finetuned is not None:
@@ -104,10 +111,14 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     tokenizer = tokenizers[TARGET] or tokenizers[SOURCE_FT] or tokenizers[SOURCE]
 
     objective_cls = OBJECTIVES[recipe.objective]
+    clip = objective_cls is CLIPZeroShotObjective
+    if clip:  # a CLIP θ_B, its image processor and tokenizer (gradfix_hf/objectives/clip_zero_shot.py)
+        image_processor = CLIPZeroShotObjective.check_target(configs[TARGET], models[TARGET], tokenizer)
     auto_class = recipe.model_class or objective_cls.auto_class_name
     config = compat.task_config(configs[TARGET], configs[SOURCE_FT], recipe.objective)
     layout = compat.build_layout(auto_class, config, recipe.trust_remote_code)
-    plan = compat.plan_transport(models, layout, check_values=check_values)
+    plan = compat.plan_transport(models, layout, check_values=check_values,
+                                 transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
 
     objective = samples = eval_samples = test_samples = None
     examples: list = []
@@ -117,7 +128,12 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             raise GradFixError(f"{TARGET}: no tokenizer found in {names[TARGET]} (nor in the source models).")
         dataset = load_split(data.path, name=data.name, split=data.split,
                              revision=data.revision, where="data", token=token)
-        if objective_cls is CallableObjective:
+        columns = [data.image_column, data.label_column] if clip else None  # what the objective reads
+        if clip:
+            dataset = with_images(dataset, data.image_column, data.path, "data")
+            labels = CLIPZeroShotObjective.label_space(data, configs[SOURCE_FT], dataset)
+            objective = CLIPZeroShotObjective.from_target(data, tokenizer, labels, plan, image_processor)
+        elif objective_cls is CallableObjective:
             if data.label_column not in dataset.column_names:
                 raise GradFixError(f"data: label column {data.label_column!r} not in {dataset.column_names}.")
             labels = label_space_from_rows(dataset, data.label_column)
@@ -127,7 +143,13 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             objective = objective_cls(data, tokenizer, labels)
         extra = {"objective": recipe.objective, "prompt": data.prompt,
                  "label_words": data.label_words, "max_length": data.max_length}
-        samples = select_per_class(dataset, data, labels, fingerprint_extra=extra)
+        if clip:  # the prompts are part of the loss, hence of what the votes depend on
+            extra.update(templates=objective.templates, image_column=data.image_column)
+        embed = None
+        if data.selection != "random":  # θ_B's own embeddings choose the rows (gradfix_hf/selection.py)
+            embed = target_embedder(plan, objective, batch_size=recipe.vote_batch_size)
+        samples = select_per_class(dataset, data, labels, fingerprint_extra=extra,
+                                   embed=embed if select_samples else None, columns=columns)
         examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
         if recipe.evaluation is not None:
             if objective_cls is CallableObjective:
@@ -137,11 +159,16 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             def held_out(path: str, split: str, where: str) -> LabelledSamples:
                 rows = load_split(path, name=ev.name or data.name, split=split, revision=ev.revision or data.revision,
                                   where=where, token=token)
-                return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where)
+                if clip:
+                    rows = with_images(rows, data.image_column, path, where)
+                return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where,
+                                          columns=columns)
 
             eval_samples = held_out(ev.path or data.path, ev.split, "evaluation")
             if ev.test_split is not None:
                 test_samples = held_out(ev.test_path or ev.path or data.path, ev.test_split, "evaluation.test_split")
+    if clip:  # the output folder gets θ_B's tokenizer and image processor (for pipeline(...))
+        tokenizer = CLIPZeroShotObjective.processor(image_processor, tokenizer)
     return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
                        samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples)
 
@@ -193,6 +220,7 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         "data_source": prepared.samples.source, "data_fingerprint": prepared.samples.fingerprint,
         "params_fingerprint": params_fingerprint(prepared.voted_shapes), "library_version": __version__,
         "engine": vote_engine_name(prepared.recipe, prepared.objective),
+        "data_selection": json.dumps({**(prepared.samples.selection or {}), "rows": prepared.samples.indices}),
     }
     return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
 
@@ -211,13 +239,15 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> Vote
     return votes
 
 
-def accuracy(objective: Objective, model, samples: LabelledSamples, batch_size: int = 32) -> float:
-    correct = 0
-    for start in range(0, len(samples), batch_size):
-        rows = samples.rows[start:start + batch_size]
-        predictions = objective.predict(model, rows)
-        correct += sum(int(p == y) for p, y in zip(predictions, samples.labels[start:start + batch_size]))
-    return correct / len(samples)
+def evaluation_metrics(prepared: PreparedRun) -> MetricSet:
+    """The run's `evaluate` metrics (``evaluation.metrics``, the first picks α; plus exact match for seq2seq)."""
+    return MetricSet(prepared.recipe.evaluation.metrics, prepared.objective)
+
+
+def score_row(model_label: str, method: str, alpha: Optional[float], scores: dict) -> dict:
+    """One row of an evaluation table: ``score`` is the first metric (the one that picks α), ``scores`` all."""
+    return {"model": model_label, "method": method, "alpha": alpha, "score": next(iter(scores.values())),
+            "scores": scores}
 
 
 def comparison_jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str, MergeJob]]:
@@ -227,24 +257,37 @@ def comparison_jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str
     jobs = [("naive", "θ_B + α·τ_A (naive)", MergeJob.single(job.head, None, "naive", job.alpha))]
     if job.method.name != "gradfix":
         jobs.append((job.method.name, job.method.pretty_name, job))
-    elif mask != "naive":
-        jobs.append((mask, f"GradFix ({mask})", job))
-    if TARGET_FT in prepared.plan.readers and mask != "oracle":
-        jobs.append(("oracle", "oracle (sign of τ_B)", MergeJob.single(job.head, None, "oracle", job.alpha)))
+    elif mask != "naive":  # labelled with the parameters that differ from the defaults
+        defaults = job.method.validate({})
+        jobs.append((mask, candidate_label({k: v for k, v in job.parameters.items() if k == "mask" or v != defaults[k]}),
+                     job))
+    if mask != "oracle":
+        jobs += oracle_jobs(prepared, job.alpha)
     return jobs
 
 
+def oracle_jobs(prepared: PreparedRun, alpha: float = 1.0) -> list[tuple[str, str, MergeJob]]:
+    """The oracle reference (mask from the sign of τ_B) when θ_B^ft is given, else nothing."""
+    if TARGET_FT not in prepared.plan.readers:
+        return []
+    return [("oracle", "oracle (sign of τ_B)", MergeJob.single(prepared.plan, None, "oracle", alpha))]
+
+
 def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
-    """Held-out accuracy of θ_B (zero-shot, with the copied head), naive θ_B + α·τ_A, the result and the oracle."""
+    """Held-out scores (every metric) of θ_B (zero-shot, with the copied head), the few-shot fine-tuning
+    baseline, naive θ_B + α·τ_A, the result and the oracle."""
     model = load_base_model(prepared.plan)
-    objective, samples = prepared.objective, prepared.eval_samples
-    rows = [{"model": "θ_B zero-shot", "method": "zero-shot", "alpha": None,
-             "score": accuracy(objective, model, samples)}]
+    objective, samples, metrics = prepared.objective, prepared.eval_samples, evaluation_metrics(prepared)
+    rows = [score_row("θ_B zero-shot", "zero-shot", None, score_model(objective, model, samples, metrics))]
+    few_shot = few_shot_baseline(prepared, model)
+    if few_shot is not None:
+        rows.append(score_row(few_shot[0], "few-shot", None, score_model(objective, few_shot[1], samples, metrics)))
+        del few_shot
     for kind, label, variant in comparison_jobs(prepared, job):
         apply_in_memory(model, variant)
-        rows.append({"model": label, "method": kind, "alpha": variant.alpha,
-                     "score": accuracy(objective, model, samples)})
-    return {"metric": "accuracy", "split": samples.source, "n_samples": len(samples), "rows": rows}
+        rows.append(score_row(label, kind, variant.alpha, score_model(objective, model, samples, metrics)))
+    return {"metric": next(iter(rows[0]["scores"])), "metrics": list(rows[0]["scores"]), "split": samples.source,
+            "n_samples": len(samples), "rows": rows}
 
 
 def _totals(per_tensor: dict) -> dict:
@@ -383,7 +426,8 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     # NaN/inf: checked over every checkpoint before gradients; a run from votes files only (no gradient) checks
     # each input tensor as the merge reads it instead of reading every checkpoint twice (output is atomic)
     computes_votes = recipe.needs_votes and votes is None and any(task.votes is None for task in tasks)
-    prepared = [prepare(recipe, task, token=token, check_values=dry_run or computes_votes) for task in tasks]
+    prepared = [prepare(recipe, task, token=token, select_samples=not dry_run,
+                        check_values=dry_run or computes_votes) for task in tasks]
     _check_tasks_line_up(prepared)
     if dry_run:
         if len(prepared) == 1:
@@ -391,10 +435,17 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
         return {"ok": True, "method": recipe.method.to_dict(),
                 "tasks": {run.task.name: run.summary() for run in prepared}}
     vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress)  # every process takes part
-    job = MergeJob([run.plan for run in prepared], vote_files, recipe.method.method, recipe.method.parameters,
-                   float(recipe.method.alpha), [run.task.weight for run in prepared])
-    return on_main_process(process_context(), lambda: _finish_run(prepared, job, votes, destination, overwrite,
-                                                                  progress, started))
+
+    def finish() -> TransportResult:
+        runs, choice = prepared, None
+        if recipe.method.is_auto:  # the validation split picks the mask and α (gradfix_hf/auto.py)
+            runs, choice = resolve_auto(prepared, vote_files, progress=progress)
+        method = runs[0].recipe.method
+        job = MergeJob([run.plan for run in runs], vote_files, method.method, method.parameters, float(method.alpha),
+                       [run.task.weight for run in runs])
+        return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice)
+
+    return on_main_process(process_context(), finish)
 
 
 def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) -> dict:
@@ -403,12 +454,14 @@ def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) ->
             "votes": None if votes is None else {
                 "n_samples": votes.n_samples, "aggregation": votes.metadata["aggregation"],
                 "data_fingerprint": votes.metadata["data_fingerprint"],
-                "data_source": votes.metadata.get("data_source"), "file": pinned_reference(run.task.votes)}}
+                "data_source": votes.metadata.get("data_source"), "file": pinned_reference(run.task.votes),
+                "selection": json.loads(votes.metadata["data_selection"]) if "data_selection" in votes.metadata
+                else None}}
 
 
 def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
                 destination: Optional[Union[str, os.PathLike]], overwrite: bool, progress: bool,
-                started: float) -> TransportResult:
+                started: float, auto: Optional[dict] = None) -> TransportResult:
     """Evaluation, streaming merge and the output folder (one process)."""
     head = prepared[0]
     recipe = head.recipe
@@ -450,6 +503,7 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
             "drift": drift_report(per_tensor),
             "per_tensor": per_tensor,
             "evaluation": evaluation,
+            "auto": auto,
             "seconds": round(time.time() - started, 3),
         }
         if lora is not None:

@@ -127,3 +127,150 @@ def trios(tmp_path_factory) -> dict:
         return cache[kind]
 
     return get
+
+
+# --- a tiny CLIP trio (clip-zero-shot objective) --------------------------------------------------------------------
+
+CLIP_COLOURS = {"blue": (40, 60, 220), "green": (40, 190, 60), "red": (220, 50, 40)}
+CLIP_WORDS = ["a", "photo", "of", "the", "square", "colour", "blurry", ".", *CLIP_COLOURS]
+CLIP_SPLITS = {"train": 8, "validation": 4, "test": 4}  # images per class
+
+
+def clip_tokenizer():
+    """A real ``CLIPTokenizer`` (byte-level BPE, ``</w>`` word ends) over a tiny vocabulary, built offline."""
+    from transformers import CLIPTokenizer
+
+    chars = sorted({c for w in CLIP_WORDS for c in w})
+    vocab = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges = []
+    for word in CLIP_WORDS:  # merge left to right until the word (with its </w> end) is one token
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append((parts[0], parts[1]))
+            vocab.setdefault(parts[0] + parts[1], len(vocab))
+            parts = [parts[0] + parts[1]] + parts[2:]
+    for special in ("<unk>", "<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    # real CLIP's byte-level vocabulary has no unknown characters, so its unk is <|endoftext|>; this tiny one does,
+    # and an unknown word must not read as the end of the prompt (the text tower pools at the first end token)
+    return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), unk_token="<unk>", model_max_length=32)
+
+
+def clip_image(colour: str, rng) -> "PIL.Image.Image":
+    """A 40×40 noisy grey background with a jittered square of the class colour somewhere in it."""
+    from PIL import Image
+
+    grey = rng.randint(90, 160)
+    image = Image.new("RGB", (40, 40), (grey, grey, grey))
+    pixels = image.load()
+    for x in range(40):
+        for y in range(40):
+            v = grey + rng.randint(-25, 25)
+            pixels[x, y] = (v, v, v)
+    side = rng.randint(14, 26)
+    left, top = rng.randint(0, 40 - side), rng.randint(0, 40 - side)
+    base = CLIP_COLOURS[colour]
+    fill = tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in base)
+    for x in range(left, left + side):
+        for y in range(top, top + side):
+            pixels[x, y] = fill
+    return image
+
+
+def write_clip_images(root: Path, seed: int = 0) -> Path:
+    """An ``imagefolder`` layout: root/<split>/<colour>/<i>.png."""
+    import random
+
+    rng = random.Random(seed)
+    for split, count in CLIP_SPLITS.items():
+        for colour in CLIP_COLOURS:
+            folder = root / split / colour
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                clip_image(colour, rng).save(folder / f"{colour}-{i}.png")
+    return root
+
+
+def tiny_clip_config(tokenizer) -> transformers.CLIPConfig:
+    eos = tokenizer.eos_token_id
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=32, projection_dim=16, eos_token_id=eos,
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, projection_dim=16)
+    return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+def clip_image_processor() -> "transformers.CLIPImageProcessor":
+    return transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def fine_tune_clip_vision(model, tokenizer, processor, image_root: Path, steps: int = 12, lr: float = 3e-3,
+                          seed: int = 0):
+    """A few AdamW steps on the zero-shot cross-entropy (one template), vision tower only (the paper's protocol)."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    files = sorted((image_root / "train").glob("*/*.png"))
+    colours = sorted(CLIP_COLOURS)
+    labels = torch.tensor([colours.index(f.parent.name) for f in files])
+    pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt").pixel_values
+    with torch.no_grad():
+        text = tokenizer([f"a photo of a {c} square." for c in colours], padding=True, return_tensors="pt")
+        classes = F.normalize(model.get_text_features(**text).pooler_output, dim=-1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
+    for p in trained:
+        p.requires_grad_(True)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(trained, lr=lr)
+    model.train()
+    for _ in range(steps):
+        order = torch.randperm(len(files))[:12]
+        image = F.normalize(model.get_image_features(pixel_values=pixels[order]).pooler_output, dim=-1)
+        loss = F.cross_entropy(model.logit_scale.exp() * image @ classes.T, labels[order])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+def build_clip_trio(root: Path) -> dict[str, Path]:
+    """θ_A (seed 0), θ_A^ft (θ_A's vision tower fine-tuned on the coloured squares), θ_B (seed 1), and the images
+    as an imagefolder (train/validation/test); each model folder has a CLIP tokenizer and image processor."""
+    tokenizer, processor = clip_tokenizer(), clip_image_processor()
+    config = tiny_clip_config(tokenizer)
+    paths = {k: root / k for k in ("source", "source_finetuned", "target")}
+    paths["images"] = write_clip_images(root / "images")
+    for seed, key in ((0, "source"), (0, "source_finetuned"), (1, "target")):
+        torch.manual_seed(seed)
+        model = transformers.CLIPModel(config).eval()
+        if key == "source_finetuned":
+            model = fine_tune_clip_vision(model, tokenizer, processor, paths["images"], seed=seed)
+        model.save_pretrained(paths[key])
+        tokenizer.save_pretrained(paths[key])
+        processor.save_pretrained(paths[key])
+    return paths
+
+
+def clip_recipe_dict(trio: dict[str, Path], **overrides) -> dict:
+    recipe = {
+        "objective": "clip-zero-shot",
+        "models": {"source": str(trio["source"]), "source_finetuned": str(trio["source_finetuned"]),
+                   "target": str(trio["target"])},
+        "data": {"path": str(trio["images"]), "samples_per_class": 3, "seed": 0,
+                 "templates": ["a photo of a {} square.", "a blurry photo of the {} square."]},
+        "method": {"mask": "gradfix", "alpha": 0.5},
+    }
+    for key, value in overrides.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) else value
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def clip_trio(tmp_path_factory) -> dict[str, Path]:
+    return build_clip_trio(tmp_path_factory.mktemp("trio-clip"))

@@ -82,7 +82,7 @@ def test_quickstart_runs_offline(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "qs" / "output" / "gradfix_report.json").read_text())
     methods = [row["method"] for row in report["evaluation"]["rows"]]
-    assert methods == ["zero-shot", "naive", "gradfix"]
+    assert methods == ["zero-shot", "few-shot", "naive", "gradfix"]
     assert report["evaluation"]["n_samples"] == 200
     assert "GradFix (gradfix)" in done.stdout
     # the recipe in recipes/ is the same file the quickstart runs

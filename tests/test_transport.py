@@ -193,7 +193,7 @@ def test_evaluation_table_and_save_pretrained(trios, bert_votes, tmp_path):
     result = transport(recipe_dict("bert", trio, evaluation={"path": str(trio["test"])}), tmp_path / "out",
                        votes=bert_votes, progress=False)
     rows = result.evaluation["rows"]
-    assert [r["method"] for r in rows] == ["zero-shot", "naive", "gradfix"]
+    assert [r["method"] for r in rows] == ["zero-shot", "few-shot", "naive", "gradfix"]
     assert result.evaluation["n_samples"] == 20
     assert all(0.0 <= r["score"] <= 1.0 and (r["score"] * 20).is_integer() for r in rows)
     assert "| GradFix (gradfix) |" in (result.output_dir / "README.md").read_text()

@@ -82,6 +82,10 @@ class Objective(ABC):
     def forward_labels(self, batch: dict) -> dict:
         return {}
 
+    @abstractmethod
+    def predict(self, model: torch.nn.Module, rows: list[dict]) -> list[int]:
+        """Predicted class index per row (held-out scores)."""
+
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
     """Mean token cross-entropy per sample over its non-ignored (-100) label tokens."""
@@ -90,10 +94,6 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tor
     per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     counts = (labels != -100).sum(1).clamp(min=1)
     return per_token.sum(1) / counts
-
-    @abstractmethod
-    def predict(self, model: torch.nn.Module, rows: list[dict]) -> list[int]:
-        """Predicted class index per row (held-out scores)."""
 
 
 def verbalised_label_space(data: DataConfig, finetuned_config) -> LabelSpace:

@@ -52,8 +52,10 @@ def _flat(x: torch.Tensor, batch: int, last: int) -> torch.Tensor:
     return x.reshape(batch, -1, last)
 
 
-def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Dense per-sample gradient [c, *param.shape] of ``module.<pname>`` for samples ``rows``."""
+def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor, rows: slice,
+                options: Optional[dict] = None) -> torch.Tensor:
+    """Dense per-sample gradient [c, *param.shape] of ``module.<pname>`` for samples ``rows`` (``options``: the
+    call's constant keyword arguments, for the torch.func path)."""
     b = x.shape[0]
     if isinstance(module, nn.Linear):
         gf = _flat(g, b, module.out_features)[rows]
@@ -84,21 +86,28 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
         cols = F.unfold(x[rows].to(gf.dtype), module.kernel_size, module.dilation, module.padding, module.stride)
         grad = torch.einsum("bol,bil->boi", gf.flatten(2), cols)
         return grad.reshape(gf.shape[0], *module.weight.shape)
-    return _functional_per_sample(module, pname, x[rows], g[rows])
+    return _functional_per_sample(module, pname, x[rows], g[rows], options)
 
 
-def _functional_per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _functional_per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
+                           options: Optional[dict] = None) -> torch.Tensor:
     """Exact per-sample gradient of any single-input module via ``torch.func`` on that module alone."""
     from torch.func import functional_call, grad, vmap
 
     def inner(value, x_n, g_n):
-        out = functional_call(module, {pname: value}, (x_n.unsqueeze(0),))
+        out = functional_call(module, {pname: value}, (x_n.unsqueeze(0),), options or {})
         return (out * g_n.unsqueeze(0)).sum()
 
     return vmap(grad(inner), in_dims=(None, 0, 0))(getattr(module, pname).detach(), x, g)
 
 
 RULE_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Conv2d) + ((Conv1D,) if Conv1D else ())
+
+
+def _constant_options(kwargs: dict) -> bool:
+    """Keyword arguments that are plain constants (e.g. CLIP's ``interpolate_pos_encoding=False``): a call with
+    them still has one batched input, and the torch.func path can repeat it without side effects."""
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in kwargs.values())
 
 
 def _rule_applies(module: nn.Module) -> bool:
@@ -210,7 +219,7 @@ class _Recorder:
         x = args[0]
         index = len(self.calls[module])
         self.calls[module].append((x.shape[0] if x.dim() else -1, output.shape[0] if output.dim() else -1,
-                                   len(args) == 1 and not kwargs))
+                                   len(args) == 1 and _constant_options(kwargs)))
         if self.mode == "probe":
             return None
         kind = self.classes.get((id(module), index), "unsupported")
@@ -223,7 +232,7 @@ class _Recorder:
         saved = x.detach()
         output.register_hook(lambda grad, m=module, s=saved: self.on_factor(m, s if kind == "batched"
                                                                              else s.expand(self.batch, *s.shape[1:]),
-                                                                             grad))
+                                                                             grad, dict(kwargs)))
         return output
 
 
@@ -356,11 +365,11 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
                  description, relative=None):
     pending: dict[str, list] = defaultdict(list)
 
-    def on_factor(module, x, grad):
+    def on_factor(module, x, grad, options=None):
         for pname, name in owners[module]:
             if contributions.get(name, 0) == 0:
                 continue
-            pending[name].append((module, pname, x, grad.detach()))
+            pending[name].append((module, pname, x, grad.detach(), options))
             if len(pending[name]) == contributions[name]:
                 recorder.enabled = False  # the torch.func path calls the module again: not a model call
                 try:
@@ -393,7 +402,7 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
     """Per-sample gradients of one parameter from all its uses in this micro-batch, folded in chunks."""
     batch = factors[0][2].shape[0]
     if len(factors) == 1 and isinstance(factors[0][0], nn.Embedding):
-        module, _, ids, grad = factors[0]
+        module, _, ids, grad, _ = factors[0]
         ids = ids.reshape(batch, -1)
         grad = grad.reshape(batch, -1, module.embedding_dim)
         keep = ids != module.padding_idx if module.padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
@@ -412,11 +421,11 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
     for lo in range(0, batch, step):
         rows = slice(lo, min(batch, lo + step))
         total = None
-        for module, pname, x, grad in ordered:
+        for module, pname, x, grad, options in ordered:
             if total is not None and isinstance(module, nn.Embedding):
                 _add_embedding_rows(total, module, x, grad, rows)
                 continue
-            part = _per_sample(module, pname, x, grad, rows)
+            part = _per_sample(module, pname, x, grad, rows, options)
             total = part.float() if total is None else total.add_(part)
         fold.dense(name, total)
 
