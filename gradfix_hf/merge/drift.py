@@ -49,7 +49,7 @@ def sign_agreement(tau: torch.Tensor, sign: Optional[torch.Tensor]) -> tuple[Opt
         return None, (None, None)
     product = tau * (torch.sign(sign) if sign.is_floating_point() else sign)
     agree = product > 0
-    return agree, (int(torch.count_nonzero(agree)), int(torch.count_nonzero(product)))
+    return agree, (int(torch.count_nonzero(agree)), int(torch.count_nonzero(product != 0)))  # bool: faster
 
 
 def tensor_drift(norms: Sequence[tuple[float, float, float]], agreement: Sequence[tuple]) -> dict:
