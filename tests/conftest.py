@@ -6,6 +6,7 @@ seed 1: a different model of the same architecture) and θ_B^ft (θ_B trained a 
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -274,3 +275,32 @@ def clip_recipe_dict(trio: dict[str, Path], **overrides) -> dict:
 @pytest.fixture(scope="session")
 def clip_trio(tmp_path_factory) -> dict[str, Path]:
     return build_clip_trio(tmp_path_factory.mktemp("trio-clip"))
+
+
+def reference_grads(model, loss_fn, examples, names):
+    """Per-sample gradients by a hand-written loop (backward on a fresh graph per sample): what the vote
+    engines are checked against."""
+    params = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+    grads = []
+    for example in examples:
+        for n in names:
+            params[n].grad = None
+        loss_fn(model, example).backward()
+        grads.append({n: (params[n].grad.detach().clone() if params[n].grad is not None
+                          else torch.zeros_like(params[n])) for n in names})
+    return grads
+
+
+@pytest.fixture(scope="module")
+def bert_splits(trios, tmp_path_factory):
+    """Validation and test files cut from the BERT trio's held-out rows (disjoint from each other)."""
+    trio = trios("bert")
+    rows = [json.loads(line) for line in trio["test"].read_text().splitlines()]
+    root = tmp_path_factory.mktemp("splits")
+    write_jsonl(root / "validation.jsonl", rows[:10])
+    write_jsonl(root / "test.jsonl", rows[10:])
+    return trio, root / "validation.jsonl", root / "test.jsonl"

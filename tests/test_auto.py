@@ -1,6 +1,5 @@
 """method: auto — the validation split picks the mask and α among candidates (naive included)."""
 import importlib
-import json
 
 import pytest
 import torch
@@ -12,19 +11,13 @@ from gradfix_hf import Recipe, sweep, transport
 from gradfix_hf.auto import DEFAULT_CANDIDATES, candidate_key
 from gradfix_hf.cli import main
 from gradfix_hf.errors import RecipeError
-from gradfix_hf.quickstart.toy import write_jsonl
 
 transport_module = importlib.import_module("gradfix_hf.transport")
 
 
 @pytest.fixture(scope="module")
-def splits(trios, tmp_path_factory):
-    trio = trios("bert")
-    rows = [json.loads(line) for line in trio["test"].read_text().splitlines()]
-    root = tmp_path_factory.mktemp("auto-splits")
-    write_jsonl(root / "validation.jsonl", rows[:10])
-    write_jsonl(root / "test.jsonl", rows[10:])
-    return trio, root / "validation.jsonl", root / "test.jsonl"
+def splits(bert_splits):
+    return bert_splits
 
 
 def auto_recipe(trio, validation, test=None, **method):

@@ -11,27 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import recipe_dict
+from conftest import recipe_dict, reference_grads
 from gradfix_hf import Recipe, prepare
 from gradfix_hf.merge.streaming import load_base_model
 from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched, drop_noise
-
-
-def _reference_grads(model, loss_fn, examples, names):
-    """Per-sample gradients by a hand-written loop (backward on a fresh graph per sample)."""
-    params = dict(model.named_parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for n in names:
-        params[n].requires_grad_(True)
-    grads = []
-    for example in examples:
-        for n in names:
-            params[n].grad = None
-        loss_fn(model, example).backward()
-        grads.append({n: (params[n].grad.detach().clone() if params[n].grad is not None
-                          else torch.zeros_like(params[n])) for n in names})
-    return grads
 
 
 def _noise_ties(reference_grads, names, name):
@@ -70,7 +53,7 @@ def test_batched_engine_agrees_with_per_sample_loop(trios, kind):
     assert {v.dtype for v in fast[0].values()} == {torch.int8}
     lengths = {int(e["input_ids"].shape[1]) for e in prepared.examples}
     assert len(lengths) > 1  # the micro-batches really are padded
-    grads = _reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
+    grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
     _assert_agree(fast, grads, names)
     # and with the library's own reference engine, on every coordinate that is not a noise tie
     reference = compute_votes(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names,
@@ -95,7 +78,7 @@ def test_mean_aggregation_agrees(trios):
     names = prepared.plan.transported
     fast, _ = compute_votes_batched(load_base_model(prepared.plan), prepared.objective, prepared.examples, names,
                                     aggregation="mean", progress=False)
-    grads = _reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
+    grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
     for name in names:
         total = drop_noise(torch.stack([g[name] for g in grads])).sum(0)
         expected = torch.sign(-total)
@@ -175,7 +158,7 @@ def test_every_layer_rule_tied_weights_broadcast_lookups_and_exact_fallback():
     assert details["functional"] == ["rms.weight"]
     assert details["broadcast"] == ["position.weight"]
     assert {"embed.weight", "patch.weight", "patch.bias", "norm.weight", "mix.weight"} <= set(details["rule"])
-    grads = _reference_grads(model, objective.loss, examples, names)
+    grads = reference_grads(model, objective.loss, examples, names)
     excused = _assert_agree(fast, grads, names, max_fraction=0.0)
     assert excused == 0
     # rows of tokens absent from every sample (and the padding row) got no vote and no evidence
@@ -233,7 +216,7 @@ def test_t5_relative_position_bias_is_voted_per_sample_without_the_loop(trios):
                                  progress=False, details=details)
     assert details["relative_bias"] == sorted(tables) and details["exact_fallback"] == []
     assert "compute_bias" not in vars(model.encoder.block[0].layer[0].SelfAttention)  # wrapper removed
-    grads = _reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, tables)
+    grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, tables)
     for name in tables:
         expected = -torch.sign(drop_noise(torch.stack([g[name] for g in grads]).float())).sum(0)
         assert torch.equal(fast[0][name].to(torch.int32), expected.to(torch.int32)), name

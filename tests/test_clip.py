@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import clip_recipe_dict
+from conftest import clip_recipe_dict, reference_grads
 from gradfix_hf import Recipe, VotesFile, prepare
 from gradfix_hf.cli import main
 from gradfix_hf.data import fingerprint
@@ -100,18 +100,8 @@ def test_batched_votes_equal_the_per_sample_loop(clip_trio):
     assert details["broadcast"] == ["vision_model.embeddings.position_embedding.weight"]
     assert "vision_model.embeddings.patch_embedding.weight" in details["rule"]
 
-    model = load_base_model(prepared.plan)
-    params = dict(model.named_parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for n in names:
-        params[n].requires_grad_(True)
-    grads = []
-    for example in prepared.examples:  # a hand-written loop: one backward per image
-        for n in names:
-            params[n].grad = None
-        prepared.objective.loss(model, example).backward()
-        grads.append({n: params[n].grad.detach().clone() for n in names})
+    # a hand-written loop: one backward per image
+    grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
     scale = torch.tensor([max(float(g[n].abs().max()) for n in names) for g in grads])
     differ_total = coords = 0
     for name in names:

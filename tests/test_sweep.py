@@ -14,21 +14,14 @@ from gradfix_hf.errors import GradFixError, RecipeError
 from gradfix_hf.few_shot import few_shot_finetune
 from gradfix_hf.merge.streaming import load_base_model
 from gradfix_hf.metrics import MetricSet, score_model
-from gradfix_hf.quickstart.toy import write_jsonl
 from gradfix_hf.sweep import require_matplotlib
 
 transport_module = importlib.import_module("gradfix_hf.transport")
 
 
 @pytest.fixture(scope="module")
-def splits(trios, tmp_path_factory):
-    """Validation and test files cut from the trio's held-out rows (disjoint from each other)."""
-    trio = trios("bert")
-    rows = [json.loads(line) for line in trio["test"].read_text().splitlines()]
-    root = tmp_path_factory.mktemp("splits")
-    write_jsonl(root / "validation.jsonl", rows[:10])
-    write_jsonl(root / "test.jsonl", rows[10:])
-    return trio, root / "validation.jsonl", root / "test.jsonl"
+def splits(bert_splits):
+    return bert_splits
 
 
 def sweep_recipe(trio, validation, test, **method):
