@@ -46,7 +46,7 @@ class _Entry(NamedTuple):
     end: int
 
 
-def _read_header(path: Path) -> dict[str, _Entry]:
+def read_header(path: Path) -> dict[str, _Entry]:
     """The tensor table of a safetensors file: an 8-byte little-endian length, then that many bytes of JSON."""
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
@@ -57,19 +57,34 @@ def _read_header(path: Path) -> dict[str, _Entry]:
             for key, info in header.items() if key != "__metadata__"}
 
 
-def read_header(path: Path) -> dict[str, _Entry]:
-    """Public name of the safetensors header reader (the votes file reads its tensors the same way)."""
-    return _read_header(path)
+def check_entry_size(entry: _Entry, itemsize: int) -> None:
+    """Raise ValueError (with the figures) unless the entry's byte range fits its shape and element size."""
+    if math.prod(entry.shape) * itemsize != entry.end - entry.begin:
+        raise ValueError(f"{entry.end - entry.begin} bytes for shape {list(entry.shape)} {entry.dtype}")
 
 
-def pread_into(fd: int, view: memoryview, offset: int) -> None:
-    """Fill ``view`` with the file's bytes from ``offset`` (no memory map: nothing stays resident afterwards)."""
-    done, size = 0, len(view)
+def pread_tensor(fd: int, entry: _Entry, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The entry's bytes read with ``pread`` into a new tensor (no memory map: nothing stays resident afterwards);
+    None where that cannot be done (a big-endian host, no ``preadv``, a dtype without a byte view). Raises
+    ValueError for a byte range that does not fit the shape, OSError for a file that ends too soon."""
+    if not (_DIRECT and _PREAD):
+        return None
+    tensor = torch.empty(entry.shape, dtype=dtype)
+    check_entry_size(entry, tensor.element_size())
+    size = entry.end - entry.begin
+    if size == 0:
+        return tensor
+    try:
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    except (RuntimeError, TypeError):
+        return None
+    done = 0
     while done < size:
-        count = os.preadv(fd, [view[done:]], offset + done)
+        count = os.preadv(fd, [view[done:]], entry.begin + done)
         if count <= 0:
-            raise OSError(f"the file ends before byte {offset + size}")
+            raise OSError(f"the file ends before byte {entry.end}")
         done += count
+    return tensor
 
 
 class CheckpointReader:
@@ -88,7 +103,7 @@ class CheckpointReader:
                 handle = self._open(path)  # validates the header and the file's length
                 keys = list(handle.keys())
                 try:
-                    entries = _read_header(path)
+                    entries = read_header(path)
                 except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                     raise ModelResolutionError(
                         f"{self.role}: corrupt or truncated checkpoint file {path}: {exc}") from None
@@ -158,7 +173,7 @@ class CheckpointReader:
         entry = self._entries.get(key)
         if _DIRECT and entry is not None and entry.dtype in _READABLE:
             tensor = self._map(key, entry)
-            if tensor is None and _PREAD:
+            if tensor is None:
                 tensor = self._pread(key, entry)
             if tensor is not None:
                 return tensor
@@ -169,11 +184,15 @@ class CheckpointReader:
                 f"{self.role}: cannot read tensor {key!r} from {self._where[key]} (corrupt or truncated?): {exc}"
             ) from None
 
+    def _unreadable(self, key: str, entry: _Entry, exc: Exception) -> ModelResolutionError:
+        return ModelResolutionError(
+            f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or truncated?): {exc}")
+
     def _check_size(self, key: str, entry: _Entry, itemsize: int) -> None:
-        if math.prod(entry.shape) * itemsize != entry.end - entry.begin:
-            raise ModelResolutionError(f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or "
-                                       f"truncated?): {entry.end - entry.begin} bytes for shape {list(entry.shape)} "
-                                       f"{entry.dtype}")
+        try:
+            check_entry_size(entry, itemsize)
+        except ValueError as exc:
+            raise self._unreadable(key, entry, exc) from None
 
     def _map(self, key: str, entry: _Entry) -> Optional[torch.Tensor]:
         """A zero-copy view of the tensor's own private map (unmapped when the tensor is freed); None where no map
@@ -199,25 +218,20 @@ class CheckpointReader:
 
     def _pread(self, key: str, entry: _Entry) -> Optional[torch.Tensor]:
         """The tensor's bytes read into a new tensor (no memory map); None if this dtype has no byte view."""
-        tensor = torch.empty(entry.shape, dtype=_READABLE[entry.dtype])
-        self._check_size(key, entry, tensor.element_size())
-        size = entry.end - entry.begin
-        if size == 0:
-            return tensor
         try:
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-        except (RuntimeError, TypeError):
-            return None
-        try:
-            pread_into(self._fd(entry.path), view, entry.begin)
-        except OSError as exc:
-            raise ModelResolutionError(
-                f"{self.role}: cannot read tensor {key!r} from {entry.path} (corrupt or truncated?): {exc}") from None
-        return tensor
+            return pread_tensor(self._fd(entry.path), entry, _READABLE[entry.dtype])
+        except (OSError, ValueError) as exc:
+            raise self._unreadable(key, entry, exc) from None
+
+    def get_checked(self, key: str) -> torch.Tensor:
+        """The tensor as stored, checked for NaN/inf."""
+        return self._checked(self.get(key), key)
 
     def get_float(self, key: str) -> torch.Tensor:
         """The tensor in fp32, checked for NaN/inf."""
-        tensor = self.get(key).float()
+        return self._checked(self.get(key).float(), key)
+
+    def _checked(self, tensor: torch.Tensor, key: str) -> torch.Tensor:
         check_finite(tensor, f"{self.role} ({self.model.name}) tensor {key!r}")
         return tensor
 

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import transformers
 
-from .checkpoint import CheckpointReader, align_names, check_finite
+from .checkpoint import CheckpointReader, align_names
 from .errors import CompatibilityError
 from .hub import ResolvedModel
 
@@ -42,6 +42,11 @@ class TargetLayout:
     @property
     def model_class(self):
         return getattr(transformers, self.auto_class_name)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every output tensor (parameters, then buffers) with its shape, in the model's order."""
+        return {**self.parameters, **self.buffers}
 
 
 def load_config(model: ResolvedModel, trust_remote_code: bool = False) -> transformers.PretrainedConfig:
@@ -125,8 +130,10 @@ class TransportPlan:
         """A float32 tensor of ``role`` under the target's name ``name``."""
         return self.readers[role].get_float(self.keys[role][name])
 
-    def raw_tensor(self, role: str, name: str) -> torch.Tensor:
-        return self.readers[role].get(self.keys[role][name])
+    def raw_tensor(self, role: str, name: str, *, checked: bool = False) -> torch.Tensor:
+        """The tensor of ``role`` as stored (``checked``: and checked for NaN/inf)."""
+        reader = self.readers[role]
+        return (reader.get_checked if checked else reader.get)(self.keys[role][name])
 
     def summary(self) -> dict:
         return {"transported": len(self.transported), "copied_from_finetune": self.copied_from_finetune,
@@ -191,10 +198,10 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
         readers.update({role: LoraAdapterReader(m, readers[ADAPTER_BASES[role]], kinds)
                         for role, m in models.items() if m.is_adapter})
         readers = {role: readers[role] for role in models}
-    names = list(layout.parameters) + list(layout.buffers)
+    names = list(layout.shapes)
     keys = {role: align_names(r, names, layout.prefix, layout.aliases) for role, r in readers.items()}
     plan = TransportPlan(layout=layout, readers=readers, keys=keys)
-    expected = {**layout.parameters, **layout.buffers}
+    expected = layout.shapes
     for name in names:
         present = {role for role in readers if name in keys[role]}
         is_param = name in layout.parameters
@@ -239,5 +246,5 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
     if check_values:
         for role, reader in readers.items():
             for name in keys[role]:
-                check_finite(reader.get(keys[role][name]), f"{role} ({models[role].name}) tensor {keys[role][name]!r}")
+                reader.get_checked(keys[role][name])
     return plan

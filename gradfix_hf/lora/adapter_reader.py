@@ -241,11 +241,19 @@ class LoraAdapterReader:
             return self._file.get(self._replaced[key])
         return self.base.get(key)
 
+    def get_checked(self, key: str) -> torch.Tensor:
+        """The tensor in θ_A's dtype, checked for NaN/inf."""
+        if key not in self._new and key not in self._deltas and key not in self._replaced:
+            return self.base.get_checked(key)
+        return self._checked(self.get(key), key)
+
     def get_float(self, key: str) -> torch.Tensor:
         """The tensor in fp32 (an adapted one never rounded to θ_A's dtype), checked for NaN/inf."""
         if key not in self._new and key not in self._deltas and key not in self._replaced:
             return self.base.get_float(key)
-        tensor = self.get(key).float() if key in self._new else self._float(key)
+        return self._checked(self.get(key).float() if key in self._new else self._float(key), key)
+
+    def _checked(self, tensor: torch.Tensor, key: str) -> torch.Tensor:
         check_finite(tensor, f"{self.where} tensor {key!r}")
         return tensor
 

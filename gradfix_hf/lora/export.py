@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..compatibility import SOURCE_FT, TARGET
+from ..compatibility import TARGET
 from ..errors import GradFixError
-from ..merge.streaming import MergeJob, compute_thresholds, output_tensor
+from ..merge.streaming import MergeJob, compute_thresholds, output_layout, output_tensor
 from .adapter_files import ADAPTER_SAFETENSORS
 from .targets import CONV1D, EMBEDDING, LINEAR, module_kinds
 
@@ -116,13 +116,8 @@ def write_lora_adapter(job: MergeJob, folder, *, rank: Optional[int] = None, ene
     task_type = TASK_TYPES.get(objective or "")
     copied = set(head.copied_from_finetune)
 
-    def stored_dtype(name: str) -> torch.dtype:  # what a full output folder would store (output.dtype or θ_B's)
-        for role in (TARGET, SOURCE_FT):
-            if dtype is None and name in head.keys.get(role, {}):
-                return head.readers[role].dtype(head.keys[role][name])
-        return dtype or torch.float32
-
-    stored = {name: stored_dtype(name) for name in layout.parameters}
+    # what a full output folder would store (output.dtype, else θ_B's, else the fine-tune's)
+    stored = {name: stored_dtype for name, stored_dtype, _ in output_layout(head, dtype)}
 
     def is_head(module: str) -> bool:
         return task_type == "SEQ_CLS" and any(
@@ -182,8 +177,7 @@ def write_lora_adapter(job: MergeJob, folder, *, rank: Optional[int] = None, ene
             raise GradFixError(f"internal: module {module!r} is both a LoRA target and a module to save.")
         for name in layout.parameters:
             if name.startswith(module + "."):
-                value = output_tensor(job, name)[0] if name in head.transported else head.raw_tensor(
-                    SOURCE_FT if name in copied else TARGET, name)
+                value = output_tensor(job, name)[0]  # merged, or θ_B's / the fine-tune's head as stored
                 state[f"{PREFIX}{name}"] = value.to(stored[name]) if value.is_floating_point() else value
     bias_keys = []
     for name, value in biases.items():

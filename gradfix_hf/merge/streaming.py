@@ -18,7 +18,6 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import check_finite
 from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
 from ..votes.votes_file import VotesFile
 from .drift import drift_norms, sign_agreement, tensor_drift
@@ -97,18 +96,12 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
     return target, TensorInputs(name, taus, signs, evidence, list(job.weights), job.thresholds)
 
 
-def _check_finite(plan: TransportPlan, role: str, name: str, tensor: torch.Tensor) -> torch.Tensor:
-    reader = plan.readers[role]
-    check_finite(tensor, f"{role} ({reader.model.name}) tensor {plan.keys[role][name]!r}")
-    return tensor
-
-
 def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict]]:
     """The output tensor ``name`` (fp32 for merged ones) and its per-tensor statistics."""
     head = job.head
     if name in head.copied_from_finetune or name not in head.transported:
         role = SOURCE_FT if name in head.copied_from_finetune else TARGET
-        return _check_finite(head, role, name, head.raw_tensor(role, name)), None
+        return head.raw_tensor(role, name, checked=True), None
     reads = _Reads()
     target, inputs = tensor_inputs(job, name, reads)
     # (every input was checked for NaN/inf as it was read: plan.tensor → CheckpointReader.get_float)
@@ -175,10 +168,9 @@ def iter_output(job: MergeJob, *, progress: bool = False,
     """Every output tensor, in the layout's order or, with ``largest_first``, by decreasing size: the biggest
     temporaries are made while the heap is empty and later, smaller ones fit in the space they leave (in
     layout order a large tensor at the end, e.g. an LM head, finds that space cut up and grows the heap)."""
-    layout = job.head.layout
-    names = list(layout.parameters) + list(layout.buffers)
+    shapes = job.head.layout.shapes
+    names = list(shapes)
     if largest_first:
-        shapes = {**layout.parameters, **layout.buffers}
         names.sort(key=lambda n: -math.prod(shapes[n]))  # stable: ties keep the layout's order
     for name in tqdm(names, desc="merge", disable=not progress, unit="tensor"):
         tensor, stats = output_tensor(job, name)
@@ -199,8 +191,7 @@ def merge_to_folder(job: MergeJob, folder: Union[str, Path], *, dtype: Optional[
         if stats is not None:
             per_tensor[name] = stats
     writer.close()
-    order = list(job.head.layout.parameters) + list(job.head.layout.buffers)
-    return {name: per_tensor[name] for name in order if name in per_tensor}
+    return {name: per_tensor[name] for name in job.head.layout.shapes if name in per_tensor}
 
 
 def _output_dtype(head: TransportPlan, name: str, computed: torch.dtype, dtype: Optional[torch.dtype]) -> torch.dtype:
@@ -213,9 +204,8 @@ def _output_dtype(head: TransportPlan, name: str, computed: torch.dtype, dtype: 
 
 def output_layout(head: TransportPlan, dtype: Optional[torch.dtype] = None) -> list[tuple[str, torch.dtype, tuple]]:
     """(name, stored dtype, shape) of every output tensor in write order, known before any is computed."""
-    layout = head.layout
     out = []
-    for name, shape in list(layout.parameters.items()) + list(layout.buffers.items()):
+    for name, shape in head.layout.shapes.items():
         if name in head.transported:
             computed = torch.float32
         else:
@@ -243,7 +233,7 @@ def load_base_model(plan: TransportPlan) -> torch.nn.Module:
     model = plan.layout.model_class.from_config(plan.layout.config)
     model.float()
     state = {}
-    for name in list(plan.layout.parameters) + list(plan.layout.buffers):
+    for name in plan.layout.shapes:
         role = SOURCE_FT if name in plan.copied_from_finetune else TARGET
         state[name] = plan.raw_tensor(role, name)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -63,6 +63,30 @@ def _append_file(source: Path, destination) -> None:
             shutil.copyfileobj(src, destination, 16 * 2 ** 20)
 
 
+def _held_order(items: list, name_and_dtype) -> list:
+    """Tensors whose size is not a multiple of ALIGN go after the streamed ones, largest element size first (then
+    by name): each then starts at a multiple of its element size."""
+    def key(item):
+        name, dtype = name_and_dtype(item)
+        return -torch.empty(0, dtype=dtype).element_size(), name
+    return sorted(items, key=key)
+
+
+def _encode_header(entries: list[tuple[str, str, list[int], int]]) -> tuple[bytes, dict[str, int], int]:
+    """The 8-byte length and the JSON header of a shard holding ``entries`` (name, safetensors dtype, shape, bytes)
+    back to back in that order, padded with spaces so that the data starts ALIGN-byte aligned; also each
+    tensor's data offset and the data's total size."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offsets, offset = {}, 0
+    for name, dtype, shape, size in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offsets[name] = offset
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-(8 + len(encoded)) % ALIGN)
+    return len(encoded).to_bytes(8, "little") + encoded, offsets, offset
+
+
 class ShardedSafetensorsWriter:
     """Writes tensors into shards of at most ``max_shard_size`` bytes; ``close()`` names shards and writes the index.
 
@@ -105,22 +129,15 @@ class ShardedSafetensorsWriter:
         self._planned = {}
         for i, members in enumerate(shards):
             streamed = [m for m in members if m[3] % ALIGN == 0]
-            held = sorted((m for m in members if m[3] % ALIGN), key=lambda m: (-torch.empty(0, dtype=m[1]).element_size(), m[0]))
-            header: dict = {"__metadata__": {"format": "pt"}}
-            offsets, offset = {}, 0
-            for name, dtype, shape, size in streamed + held:
-                header[name] = {"dtype": _NAMES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
-                offsets[name] = offset
-                offset += size
-            encoded = json.dumps(header, separators=(",", ":")).encode()
-            encoded += b" " * (-(8 + len(encoded)) % ALIGN)
+            held = _held_order([m for m in members if m[3] % ALIGN], lambda m: (m[0], m[1]))
+            header, offsets, data_size = _encode_header([(n, _NAMES[d], shape, size) for n, d, shape, size in
+                                                         streamed + held])
             path = self.folder / f".shard-{i:05d}.tmp"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-            os.write(fd, len(encoded).to_bytes(8, "little") + encoded)
-            os.ftruncate(fd, 8 + len(encoded) + offset)
-            start = 8 + len(encoded)
+            os.write(fd, header)
+            os.ftruncate(fd, len(header) + data_size)
             for name, dtype, shape, _ in members:
-                self._planned[name] = (fd, start + offsets[name], dtype, shape)
+                self._planned[name] = (fd, len(header) + offsets[name], dtype, shape)
             self._shards.append((path, [m[0] for m in members]))
         self._pending = set(self._planned)
 
@@ -182,20 +199,12 @@ class ShardedSafetensorsWriter:
     def _write_shard(self, path: Path) -> None:
         if self._data is not None:
             self._data.close()
-        header: dict = {"__metadata__": {"format": "pt"}}
-        for name, (dtype, shape, begin, end) in self._streamed.items():
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
-        offset = self._data_size if self._data_path is not None else 0
-        held = sorted(self._held.items(), key=lambda item: (-item[1].element_size(), item[0]))
-        for name, tensor in held:  # after the streamed ones (each a multiple of ALIGN bytes): aligned
-            size = tensor.numel() * tensor.element_size()
-            header[name] = {"dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        encoded += b" " * (-(8 + len(encoded)) % ALIGN)  # tensor data starts ALIGN-byte aligned
+        streamed = [(name, dtype, shape, end - begin) for name, (dtype, shape, begin, end) in self._streamed.items()]
+        held = _held_order(list(self._held.items()), lambda item: (item[0], item[1].dtype))
+        header, _, _ = _encode_header(streamed + [(name, _NAMES[t.dtype], list(t.shape), t.numel() * t.element_size())
+                                                  for name, t in held])
         with open(path, "wb") as out:
-            out.write(len(encoded).to_bytes(8, "little"))
-            out.write(encoded)
+            out.write(header)
             if self._data_path is not None:
                 _append_file(self._data_path, out)
             for _, tensor in held:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..checkpoint import DTYPES, pread_tensor, read_header
 from ..errors import VotesFileError
 from ..version import __version__
 
@@ -92,10 +92,9 @@ class VotesFile:
         if not path.is_file():
             raise VotesFileError(f"{path}: votes file not found.")
         try:
-            handle = safe_open(str(path), framework="pt")
+            handle = safe_open(str(path), framework="pt")  # validates the header and the file's length
             metadata = dict(handle.metadata() or {})
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+            entries = read_header(path)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise VotesFileError(f"{path}: corrupt or truncated votes file: {exc}") from None
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
@@ -107,10 +106,12 @@ class VotesFile:
         if metadata["aggregation"] not in ("majority", "mean"):
             raise VotesFileError(f"{path}: corrupt metadata: aggregation is {metadata['aggregation']!r}, "
                                  "not 'majority' or 'mean'.")
+        shapes = {key: entry.shape for key, entry in entries.items()}
+        dtypes = {key: entry.dtype for key, entry in entries.items()}
         names = [k for k in shapes if not k.startswith((ROWS, BITS))]
         bad = [k for k in names if dtypes[k] not in _INTEGER_DTYPES]
         if bad:
-            kind = _SAFETENSORS_DTYPES.get(dtypes[bad[0]], dtypes[bad[0]])
+            kind = DTYPES.get(dtypes[bad[0]], dtypes[bad[0]])
             raise VotesFileError(f"{path}: votes must be signed integers; {bad[0]!r} is {kind}.")
         evidence_keys = {}
         for key in shapes:
@@ -124,11 +125,11 @@ class VotesFile:
                 raise VotesFileError(f"{path}: corrupt file: evidence {key!r} has shape {list(stored)} "
                                      f"but {name!r} has {list(shape)}.")
             if key.startswith(BITS) and (dtypes[key] != "U8" or math.prod(stored) * 8 < math.prod(shape)):
-                kind = _SAFETENSORS_DTYPES.get(dtypes[key], dtypes[key])
+                kind = DTYPES.get(dtypes[key], dtypes[key])
                 raise VotesFileError(f"{path}: corrupt file: evidence {key!r} ({kind}, {math.prod(stored)} "
                                      f"bytes) does not cover the {math.prod(shape)} coordinates of {name!r}.")
             evidence_keys[name] = key
-        reader = _Reader(handle, path)
+        reader = _Reader(handle, path, entries)
         votes = _LazyTensors(names, lambda name: reader.get(name), {n: shapes[n] for n in names})
         evidence = _LazyTensors(list(evidence_keys), lambda name: _decode_evidence(
             reader.get(evidence_keys[name]), evidence_keys[name], shapes[name]), {n: shapes[n] for n in evidence_keys})
@@ -189,40 +190,26 @@ _INT8_ABS = torch.arange(256, dtype=torch.int64).where(torch.arange(256) < 128, 
 
 
 _INTEGER_DTYPES = ("I8", "I16", "I32", "I64")
-_DIRECT = sys.byteorder == "little"  # safetensors stores little-endian bytes
-#: safetensors' dtype codes, for messages in torch's words
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "U8": torch.uint8, "BOOL": torch.bool, "I8": torch.int8, "I16": torch.int16,
-                       "I32": torch.int32, "I64": torch.int64}
 
 
 class _Reader:
     """Reads one tensor of the file into fresh memory each time (``pread``, no memory map: a votes file read
     tensor by tensor never stays resident; ``safe_open`` where that is not possible)."""
 
-    def __init__(self, handle, path: Path):
-        from ..checkpoint import read_header
-
-        self.handle, self.path = handle, path
-        self.entries = read_header(path) if _DIRECT and hasattr(os, "preadv") else {}
+    def __init__(self, handle, path: Path, entries: dict):
+        self.handle, self.path, self.entries = handle, path, entries
 
     def get(self, key: str) -> torch.Tensor:
-        from ..checkpoint import DTYPES, pread_into
-
         entry = self.entries.get(key)
         try:
-            if entry is None or entry.dtype not in DTYPES:
-                return self.handle.get_tensor(key)
-            tensor = torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
-            if tensor.numel() * tensor.element_size() != entry.end - entry.begin:
-                raise ValueError(f"{entry.end - entry.begin} bytes for shape {list(entry.shape)} {entry.dtype}")
-            if tensor.numel():
+            tensor = None
+            if entry is not None and entry.dtype in DTYPES:
                 fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 try:
-                    pread_into(fd, memoryview(tensor.reshape(-1).view(torch.uint8).numpy()), entry.begin)
+                    tensor = pread_tensor(fd, entry, DTYPES[entry.dtype])
                 finally:
                     os.close(fd)
-            return tensor
+            return self.handle.get_tensor(key) if tensor is None else tensor
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise VotesFileError(f"{self.path}: corrupt or truncated votes file (tensor {key!r}): {exc}") from None
 
