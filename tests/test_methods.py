@@ -44,7 +44,14 @@ def test_unknown_method_and_parameter_get_the_closest_name():
     ({"name": "merge_then_mask", "merge": "ties", "normalize": True}, r"method\.normalize: only applies with merge: task_arithmetic"),
     ({"name": "gradfix", "mask": "soft", "rho": -1.0}, r"method\.rho: -1\.0 is invalid: must be > 0"),
     ({"name": "gradfix", "seed": 1.5}, r"method\.seed: must be a int"),
-    ({"name": "gradfix", "no_evidence": "kep"}, r"method\.no_evidence: 'kep' is not one of drop, keep\. Did you mean 'keep'\?"),
+    ({"name": "gradfix", "no_evidence": "kep"}, r"method\.no_evidence: 'kep' is not one of drop, keep, "
+                                              r"scale\. Did you mean 'keep'\?"),
+    ({"name": "gradfix", "no_evidence_scale": 0.3}, r"method\.no_evidence_scale: only applies with no_evidence: scale"),
+    ({"name": "gradfix", "no_evidence": "scale", "no_evidence_scale": 1.5}, r"no_evidence_scale: 1\.5 is invalid"),
+    ({"name": "gradfix", "min_margin": -0.1}, r"method\.min_margin: -0\.1 is invalid: must be in \[0, 1\]"),
+    ({"name": "gradfix", "mask": "oracle", "min_margin": 0.2}, r"method\.min_margin: vote margins need integer "
+                                                                r"majority votes; mask 'oracle'"),
+    ({"name": "merge_then_mask", "min_margin": 0.2}, r"merge_then_mask masks with the consensus sign"),
 ])
 def test_parameters_are_validated(raw, message):
     with pytest.raises(RecipeError, match=message):
@@ -83,6 +90,39 @@ def test_no_evidence_keep_applies_to_every_sign_variant():
         kept = masked_task_vector(variant, TAU, VOTES, evidence, no_evidence="keep")
         assert dropped[5] == 0 and kept[5] == pytest.approx(0.1), variant
         assert torch.equal(dropped[:5], kept[:5]), variant
+
+
+def test_no_evidence_scale_keeps_a_fraction_where_no_sample_touched():
+    evidence = torch.tensor([True, True, True, True, True, False])
+    out = masked_task_vector("gradfix", TAU, VOTES, evidence, no_evidence="scale", no_evidence_scale=0.25)
+    assert out.tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0, -0.4, 0.025])
+    tie = masked_task_vector("gradfix", TAU, VOTES, torch.ones(6, dtype=torch.bool), no_evidence="scale")
+    assert tie[5] == 0  # a real tie (evidence, vote 0) is dropped whatever the policy
+
+
+def test_min_margin_turns_weak_votes_into_ties():
+    # N = 5: q = 0.5 needs |v| >= 3 → votes 2 and -1 become ties
+    out = masked_task_vector("gradfix", TAU, VOTES, min_margin=0.5, n_votes=5)
+    assert out.tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0, -0.4, 0.0])
+    out = masked_task_vector("force", TAU, VOTES, min_margin=0.5, n_votes=5)
+    assert out.tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0, -0.4, 0.0])  # force gives ±|τ| only past the margin
+    strict = masked_task_vector("gradfix", TAU, VOTES, min_margin=0.9, n_votes=5)
+    assert strict.tolist() == pytest.approx([0.0] * 6)  # |v| >= 5 nowhere with τ != 0 except index 3 (τ = 0)
+    with pytest.raises(ValueError, match="min_margin needs integer votes"):
+        masked_task_vector("gradfix", TAU, VOTES.float(), min_margin=0.5, n_votes=5)
+
+
+def test_margin_mask_weights_agreeing_coordinates_by_vote_margin():
+    out = masked_task_vector("margin", TAU, VOTES, n_votes=5)
+    assert out.tolist() == pytest.approx([0.5 * 3 / 5, 0.0, 0.0, 0.0, -0.4 * 4 / 5, 0.0])
+    with pytest.raises(ValueError, match="mask 'margin' needs integer votes"):
+        masked_task_vector("margin", TAU, VOTES)
+
+
+def test_method_kernel_passes_the_vote_count():
+    params = get("gradfix").validate({"min_margin": 0.5})
+    out = get("gradfix").delta(TensorInputs("w", [TAU], [VOTES], [None], [1.0], n_votes=[5]), params)
+    assert out.tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0, -0.4, 0.0])
 
 
 def test_soft_formula():
@@ -129,7 +169,8 @@ def test_tensor_generator_is_independent_of_call_order():
 
 
 def test_every_variant_is_listed():
-    assert MASK_VARIANTS == ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "naive")
+    assert MASK_VARIANTS == ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "margin",
+                             "naive")
 
 
 # ----------------------------------------------------------------------------------------------- task arithmetic

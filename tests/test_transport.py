@@ -77,8 +77,8 @@ def test_output_folder_contents_and_pipeline(trios, tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     report = result.report
-    assert report["method"] == {"name": "gradfix", "alpha": 0.5, "mask": "gradfix", "no_evidence": "drop", "seed": 0,
-                                "rho": 1.0}
+    assert report["method"] == {"name": "gradfix", "alpha": 0.5, "mask": "gradfix", "no_evidence": "drop",
+                                "no_evidence_scale": 0.5, "min_margin": 0.0, "seed": 0, "rho": 1.0}
     assert report["votes"]["n_samples"] == 6
     assert report["tensors"]["copied_from_finetune"] == ["classifier.weight", "classifier.bias"]
     assert 0 < report["totals"]["kept_fraction"] < 1
@@ -186,6 +186,43 @@ def test_no_evidence_keep_restores_untouched_embedding_rows(trios, bert_votes, t
     assert torch.allclose(kept_rows, (target[_strip(name)] + tau)[untouched], atol=1e-6)
     assert torch.equal(_weights(drop.output_dir)[name][untouched], target[_strip(name)][untouched])
     assert keep.report["totals"]["kept_fraction"] > drop.report["totals"]["kept_fraction"]
+
+
+def test_vote_margin_and_no_evidence_scale_from_the_cli(trios, bert_votes, tmp_path, capsys):
+    """`gradfix run` with min_margin (weak votes become ties), no_evidence: scale and the margin-weighted mask,
+    each checked against its formula on the word embeddings (which have rows without evidence)."""
+    from gradfix_hf.cli import main
+
+    trio = trios("bert")
+    votes = VotesFile.load(bert_votes)
+    name = "bert.embeddings.word_embeddings.weight"
+    v, evidence = votes.votes[name], votes.has_evidence(name)
+    target, finetuned, source = _weights(trio["target"]), _weights(trio["source_finetuned"]), _weights(trio["source"])
+    tau = finetuned[name] - source[_strip(name)]
+    agree = torch.sign(tau) * torch.sign(v.float()) > 0
+    n = votes.n_samples
+    cases = {
+        "margin": ({"min_margin": 0.5}, torch.where(agree & (v.abs() >= -(-n // 2)), tau, 0.0)),
+        "scale": ({"no_evidence": "scale", "no_evidence_scale": 0.25},
+                  torch.where(~evidence & (tau != 0), 0.25 * tau, torch.where(agree, tau, 0.0))),
+        "weighted": ({"mask": "margin"}, torch.where(agree, tau * v.abs().float() / n, 0.0)),
+    }
+    for case, (method, masked) in cases.items():
+        path = tmp_path / f"{case}.yaml"
+        path.write_text(yaml.safe_dump(recipe_dict("bert", trio, method={"alpha": 1.0, **method})))
+        assert main(["run", str(path), "--votes", str(bert_votes), "-o", str(tmp_path / case), "--no-progress"]) == 0
+        out = _weights(tmp_path / case)[name]
+        assert torch.allclose(out, target[_strip(name)] + masked, atol=1e-6), case
+        report = json.loads((tmp_path / case / "gradfix_report.json").read_text())
+        assert all(report["method"][k] == value for k, value in method.items()), case
+    strict = _weights(tmp_path / "margin")[name] - target[_strip(name)]
+    plain = torch.where(agree, tau, 0.0)
+    assert int((strict != 0).sum()) < int((plain != 0).sum())  # the threshold removed some weak votes
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(recipe_dict("bert", trio, method={"mask": "oracle", "min_margin": 0.5})))
+    assert main(["run", str(bad), "-o", str(tmp_path / "never")]) == 2
+    assert "min_margin: vote margins need integer majority votes" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_evaluation_table_and_save_pretrained(trios, bert_votes, tmp_path):

@@ -303,8 +303,8 @@ def merge_tensor(method: MergeMethod, name: str, base: torch.Tensor, finetuned: 
                                      f"{list(source.shape)} in source {reader.reference} ({key!r}).")
         # θ_A goes through the same dtype mergekit gave the other inputs (a no-op unless `dtype:` differs)
         taus.append(tensor.detach().to("cpu", torch.float32) - source.to(tensor.dtype).to(torch.float32))
-    kernel_name, signs, evidence = _signs(method, name, params, votes, readers[0].prefix, names, base.shape)
-    inputs = TensorInputs(kernel_name, taus, signs, evidence, [float(w) for w in weights], None)
+    kernel_name, signs, evidence, n_votes = _signs(method, name, params, votes, readers[0].prefix, names, base.shape)
+    inputs = TensorInputs(kernel_name, taus, signs, evidence, [float(w) for w in weights], None, n_votes=n_votes)
     delta = method.delta(inputs, params)
     target = base.detach().to("cpu", torch.float32)
     return (target + alpha * delta).to(dtype=base.dtype, device=base.device)
@@ -315,14 +315,14 @@ def _signs(method: MergeMethod, name: str, params: Mapping[str, Any], votes: Seq
     """The tensor name gradfix_hf uses (the votes' key, for seeded masks), and each task's ŝ and evidence."""
     source = method.sign_source(params)
     if source is None:
-        return name, [None] * len(votes), [None] * len(votes)
+        return name, [None] * len(votes), [None] * len(votes), [None] * len(votes)
     if any(not v for v in votes):
         raise RecipeError(f"merge_method {mergekit_name(method.name)!r}: mask {params['mask']!r} needs the target's "
                           "votes: set `votes: FILE` for every model (or once under the top-level parameters).")
     if method.shared_vote and len({_same_file(v) for v in votes}) > 1:
         raise RecipeError(f"merge_method {mergekit_name(method.name)!r} votes once for every source: give every "
                           f"model the same votes file (got {sorted(set(votes))}).")
-    signs, evidence, kernel_name = [], [], name
+    signs, evidence, n_votes, kernel_name = [], [], [], name
     for path in votes:
         with _LOCK:
             loaded = load_votes(path)
@@ -338,8 +338,9 @@ def _signs(method: MergeMethod, name: str, params: Mapping[str, Any], votes: Seq
                                  f"merge's {name!r} has shape {list(shape)}: the votes are for another model.")
         signs.append(loaded.votes[key])
         evidence.append(loaded.evidence.get(key))
+        n_votes.append(loaded.n_samples)
         kernel_name = key
-    return kernel_name, signs, evidence
+    return kernel_name, signs, evidence, n_votes
 
 
 def _new_tensor(method: MergeMethod, name: str, finetuned: Sequence[torch.Tensor], readers: Sequence[_Source],

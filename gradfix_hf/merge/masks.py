@@ -12,20 +12,28 @@ Every variant maps (τ, ŝ, evidence) to a masked task vector of the same shape 
 * ``soft``: τ ⊙ max(0, tanh(ρ · ŝ · τ / rms(τ))), rms over the tensor: agreeing coordinates are kept with a
   weight that grows with their magnitude relative to the tensor's typical one (ρ = ``rho``, default 1),
   disagreeing or tied ones get 0. Scale-free, so one ρ fits every tensor.
+* ``margin``: τ ⊙ 1{sign(τ) = ŝ} · |v|/N: agreeing coordinates weighted by the vote's margin (N samples), so
+  a unanimous vote keeps τ whole and a 9-to-7 vote keeps an eighth of it.
 * ``naive``: τ unchanged (θ_B + α·τ, the baseline).
 
-A tie (ŝ = 0) or τ = 0 keeps nothing. Coordinates with no evidence (no sample's gradient touched them) have
-ŝ = 0 too; the ``no_evidence`` policy drops them (the paper) or keeps τ there (``keep``).
+A tie (ŝ = 0) or τ = 0 keeps nothing. ``min_margin`` q turns weak votes into ties before any variant sees them:
+a coordinate keeps its vote only when |v|/N ≥ q (integer votes only). Coordinates with no evidence (no sample's
+gradient touched them, e.g. embedding rows of absent tokens) have ŝ = 0 too, but they are not ties: the
+``no_evidence`` policy drops them (``drop``, the paper), keeps τ there (``keep``) or keeps a fraction of τ
+(``scale``: τ·``no_evidence_scale``).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Optional
 
 import torch
 
-MASK_VARIANTS = ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "naive")
-NO_EVIDENCE_POLICIES = ("drop", "keep")
+MASK_VARIANTS = ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "margin", "naive")
+NO_EVIDENCE_POLICIES = ("drop", "keep", "scale")
+#: the variants whose ŝ may be integer votes of N samples (what ``min_margin`` and ``margin`` need)
+VOTE_COUNT_VARIANTS = ("gradfix", "force", "random", "soft", "margin")
 
 
 def sign_source(variant: str) -> Optional[str]:
@@ -35,6 +43,14 @@ def sign_source(variant: str) -> Optional[str]:
     if variant == "oracle":
         return "oracle"
     return "mean-votes" if variant == "mean" else "votes"
+
+
+def margin_filtered(signs: torch.Tensor, n_votes: Optional[int], min_margin: float, name: str = "") -> torch.Tensor:
+    """Integer votes with |v|/N < q set to 0 (a tie): only a clear majority keeps its sign."""
+    if signs.is_floating_point() or not n_votes:
+        raise ValueError(f"min_margin needs integer votes and their sample count (tensor {name!r}).")
+    need = max(1, math.ceil(min_margin * n_votes - 1e-9))
+    return torch.where(signs.abs() >= need, signs, torch.zeros((), dtype=signs.dtype))
 
 
 def sign_agreement_mask(tau: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
@@ -54,7 +70,7 @@ def keep_mask(kind: str, tau: torch.Tensor, *, signs: Optional[torch.Tensor] = N
     if signs is None:
         raise ValueError(f"mask {kind!r} needs signs")
     mask = sign_agreement_mask(tau, signs) if agree is None else agree
-    if evidence is not None and no_evidence == "keep":
+    if evidence is not None and no_evidence != "drop":
         return mask | ((~evidence) & (tau != 0))
     return mask
 
@@ -66,9 +82,12 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
 
 
 def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Tensor] = None,
-                       evidence: Optional[torch.Tensor] = None, *, no_evidence: str = "drop", seed: int = 0,
-                       rho: float = 1.0, name: str = "", agree: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The masked τ of one tensor for ``variant`` (see the module docstring for each formula)."""
+                       evidence: Optional[torch.Tensor] = None, *, no_evidence: str = "drop",
+                       no_evidence_scale: float = 0.5, min_margin: float = 0.0, n_votes: Optional[int] = None,
+                       seed: int = 0, rho: float = 1.0, name: str = "",
+                       agree: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The masked τ of one tensor for ``variant`` (see the module docstring for each formula). ``n_votes``: the N
+    behind integer votes (``margin`` and ``min_margin`` need it)."""
     if variant == "naive":
         return tau.clone()
     if variant == "random-sign":
@@ -76,11 +95,12 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         return tau.abs() * flips
     if signs is None:
         raise ValueError(f"mask {variant!r} needs signs for tensor {name!r}")
-    no_evidence_keep = (~evidence) & (tau != 0) if evidence is not None and no_evidence == "keep" else None
+    if min_margin > 0:
+        signs, agree = margin_filtered(signs, n_votes, min_margin, name), None
+    no_evidence_fill = (~evidence) & (tau != 0) if evidence is not None and no_evidence != "drop" else None
     if variant in ("gradfix", "mean", "oracle"):
-        return torch.where(keep_mask(variant, tau, signs=signs, evidence=evidence, no_evidence=no_evidence,
-                                     agree=agree), tau, 0.0)
-    if variant == "force":
+        out = torch.where(sign_agreement_mask(tau, signs) if agree is None else agree, tau, 0.0)
+    elif variant == "force":
         out = tau.abs() * torch.sign(signs).to(tau.dtype)
     elif variant == "soft":
         rms = tau.pow(2).mean().sqrt()
@@ -88,9 +108,14 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
             return torch.zeros_like(tau)
         weight = torch.tanh(rho * torch.sign(signs).to(tau.dtype) * tau / rms).clamp_min(0)
         out = tau * weight
+    elif variant == "margin":
+        if signs.is_floating_point() or not n_votes:
+            raise ValueError(f"mask 'margin' needs integer votes and their sample count (tensor {name!r}).")
+        agreeing = sign_agreement_mask(tau, signs) if agree is None else agree
+        out = torch.where(agreeing, tau * (signs.abs().to(tau.dtype) / n_votes), 0.0)
     elif variant == "random":
-        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=no_evidence,
-                             agree=agree).sum())
+        policy = "drop" if no_evidence == "drop" else "keep"
+        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=policy, agree=agree).sum())
         candidates = torch.nonzero(tau.flatten() != 0).squeeze(1)
         order = torch.randperm(candidates.numel(), generator=tensor_generator(seed, name))[:kept]
         flat = torch.zeros(tau.numel(), dtype=torch.bool)
@@ -98,7 +123,9 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         return torch.where(flat.view(tau.shape), tau, 0.0)
     else:
         raise ValueError(f"unknown mask variant {variant!r}")
-    return torch.where(no_evidence_keep, tau, out) if no_evidence_keep is not None else out
+    if no_evidence_fill is None:
+        return out
+    return torch.where(no_evidence_fill, tau if no_evidence == "keep" else tau * no_evidence_scale, out)
 
 
 def transported(target: torch.Tensor, tau: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:

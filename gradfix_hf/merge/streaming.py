@@ -81,8 +81,9 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
     reads = reads or _Reads()
     target = reads.get(job.head, TARGET, name)
     source = job.method.sign_source(job.parameters)
-    taus, signs, evidence = [], [], []
+    taus, signs, evidence, n_votes = [], [], [], []
     for plan, votes in zip(job.plans, job.votes):
+        n_votes.append(None if votes is None else votes.n_samples)
         taus.append(reads.get(plan, SOURCE_FT, name) - reads.get(plan, SOURCE, name))
         if source == "oracle":
             signs.append(torch.sign(reads.get(plan, TARGET_FT, name) - target))
@@ -93,7 +94,7 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
         else:
             signs.append(None)
             evidence.append(None)
-    return target, TensorInputs(name, taus, signs, evidence, list(job.weights), job.thresholds)
+    return target, TensorInputs(name, taus, signs, evidence, list(job.weights), job.thresholds, n_votes=n_votes)
 
 
 def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict]]:

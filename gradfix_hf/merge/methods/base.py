@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from ...errors import RecipeError
-from ..masks import MASK_VARIANTS, NO_EVIDENCE_POLICIES, masked_task_vector, sign_source
+from ..masks import MASK_VARIANTS, NO_EVIDENCE_POLICIES, VOTE_COUNT_VARIANTS, masked_task_vector, sign_source
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,17 @@ class TensorInputs:
     weights: list[float]
     thresholds: Optional[list[float]] = None  # global trim thresholds per task (original TIES), when computed
     agreement: Optional[list[Optional[torch.Tensor]]] = None  # 1{sign(τ_t) = ŝ_t ≠ 0}, when already computed
+    n_votes: Optional[list[Optional[int]]] = None  # N behind each task's integer votes (margin masks need it)
 
 
 MASK_PARAMETERS = (
     ParameterSpec("mask", str, "gradfix", "mask variant applied with the target's sign estimate", MASK_VARIANTS),
-    ParameterSpec("no_evidence", str, "drop", "coordinates no sample's gradient touched: drop (paper) or keep τ",
-                  NO_EVIDENCE_POLICIES),
+    ParameterSpec("no_evidence", str, "drop", "coordinates no sample's gradient touched: drop (paper), keep τ, "
+                  "or scale τ by no_evidence_scale", NO_EVIDENCE_POLICIES),
+    ParameterSpec("no_evidence_scale", float, 0.5, "no_evidence: scale — the fraction of τ kept where no sample "
+                  "gave evidence", check=lambda v: 0 <= v <= 1, requirement="must be in [0, 1]"),
+    ParameterSpec("min_margin", float, 0.0, "keep a vote only when |v|/N >= min_margin (weaker votes become ties)",
+                  check=lambda v: 0 <= v <= 1, requirement="must be in [0, 1]"),
     ParameterSpec("seed", int, 0, "seed of the random and random-sign masks"),
     ParameterSpec("rho", float, 1.0, "steepness ρ of the soft mask", check=lambda v: v > 0, requirement="must be > 0"),
 )
@@ -110,6 +115,7 @@ class MergeMethod:
                                       f"{'task_arithmetic' if key in TA_ONLY else 'ties'} (this recipe has merge: "
                                       f"{params['merge']}).")
                 params.pop(key)
+        _check_mask_parameters(raw, params, where)
         return params
 
     def check_tasks(self, count: int, where: str = "tasks") -> None:
@@ -140,13 +146,34 @@ class MergeMethod:
         return self.combine(self.task_vectors(inputs, params), inputs, params)
 
 
+def _check_mask_parameters(raw: Mapping[str, Any], params: dict, where: str) -> None:
+    """Refuse mask parameters that would silently do nothing or cannot apply with the chosen mask."""
+    if "mask" not in params:
+        return
+    # (re-validating a full parameter set is a no-op: only a non-default value is refused)
+    if params["no_evidence_scale"] != 0.5 and params["no_evidence"] != "scale":
+        raise RecipeError(f"{where}.no_evidence_scale: only applies with no_evidence: scale "
+                          f"(this recipe has no_evidence: {params['no_evidence']}).")
+    needs_counts = params["min_margin"] > 0 or params["mask"] == "margin"
+    if needs_counts and params["mask"] not in VOTE_COUNT_VARIANTS:
+        what = "min_margin" if params["mask"] != "margin" else "mask"
+        raise RecipeError(f"{where}.{what}: vote margins need integer majority votes; mask {params['mask']!r} has "
+                          f"no vote counts (use one of {', '.join(VOTE_COUNT_VARIANTS)}).")
+
+
 def mask_each(inputs: TensorInputs, params: Mapping[str, Any]) -> list[torch.Tensor]:
     """Mask every task vector with its own sign estimate (the first step of Mask-then-Merge)."""
     agreement = inputs.agreement or [None] * len(inputs.taus)
-    return [masked_task_vector(params["mask"], tau, signs, evidence, no_evidence=params["no_evidence"],
-                               seed=params["seed"], rho=params["rho"], name=f"{inputs.name}#{t}", agree=agree)
-            for t, (tau, signs, evidence, agree) in enumerate(zip(inputs.taus, inputs.signs, inputs.evidence,
-                                                                  agreement))]
+    n_votes = inputs.n_votes or [None] * len(inputs.taus)
+    return [masked_task_vector(params["mask"], tau, signs, evidence, agree=agree, n_votes=n,
+                               name=f"{inputs.name}#{t}", **mask_options(params))
+            for t, (tau, signs, evidence, agree, n) in enumerate(zip(inputs.taus, inputs.signs, inputs.evidence,
+                                                                     agreement, n_votes))]
+
+
+def mask_options(params: Mapping[str, Any]) -> dict:
+    """The keyword arguments of :func:`~gradfix_hf.merge.masks.masked_task_vector` a method's parameters set."""
+    return {key: params[key] for key in ("no_evidence", "no_evidence_scale", "min_margin", "seed", "rho")}
 
 
 def merge_vectors(vectors: list[torch.Tensor], inputs: TensorInputs, params: Mapping[str, Any]) -> torch.Tensor:

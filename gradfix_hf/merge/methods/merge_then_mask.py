@@ -9,8 +9,9 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from ...errors import RecipeError
 from ..masks import masked_task_vector
-from .base import MASK_PARAMETERS, MERGE_PARAMETERS, MergeMethod, TensorInputs, merge_vectors
+from .base import MASK_PARAMETERS, MERGE_PARAMETERS, MergeMethod, TensorInputs, mask_options, merge_vectors
 from .registry import register
 
 
@@ -38,8 +39,15 @@ class MergeThenMask(MergeMethod):
     def combine(self, vectors: list[torch.Tensor], inputs: TensorInputs, params: Mapping[str, Any]) -> torch.Tensor:
         merged = merge_vectors(vectors, inputs, params)
         return masked_task_vector(params["mask"], merged, consensus_signs(inputs.signs), any_evidence(inputs.evidence),
-                                  no_evidence=params["no_evidence"], seed=params["seed"], rho=params["rho"],
-                                  name=inputs.name)
+                                  name=inputs.name, **mask_options(params))
+
+    def validate(self, raw: Optional[Mapping[str, Any]], where: str = "method") -> dict:
+        params = super().validate(raw, where)
+        if params.get("min_margin", 0) > 0 or params.get("mask") == "margin":
+            raise RecipeError(f"{where}: vote margins (min_margin, mask: margin) apply to one task's votes; "
+                              "merge_then_mask masks with the consensus sign of several tasks, which has no margin. "
+                              "Use mask_then_merge.")
+        return params
 
 
 MERGE_THEN_MASK = register(MergeThenMask(
