@@ -116,8 +116,8 @@ def build_pair(args: argparse.Namespace, train: dict, label_names: list[str]) ->
                                          length=length, batch_size=16, lr=args.mlm_lr or 5e-4)
     task = args.task_csv.stem if args.task_csv else args.task
     tune = dict(epochs=args.finetune_epochs, max_length=args.max_length, lr=args.finetune_lr)
-    source_ft = models / f"{source.name}-ft-{task}"
-    target_ft = models / f"{target.name}-ft-{task}"
+    tag = f"ft-{task}-lr{args.finetune_lr:g}-e{args.finetune_epochs:g}-len{args.max_length}"
+    source_ft, target_ft = models / f"{source.name}-{tag}", models / f"{target.name}-{tag}"
     records["source_finetuned"] = finetune_classifier(source_ft, source, train["text"], train["label"], label_names,
                                                       **tune)
     records["target_finetuned"] = finetune_classifier(target_ft, target, train["text"], train["label"],

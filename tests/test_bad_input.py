@@ -489,7 +489,7 @@ def test_unknown_mask_name(bert, tmp_path, capsys):
         Recipe.from_dict(raw)
     assert_mentions(str(info.value), "method.mask", "'gradfx' is not one of", "Did you mean 'gradfix'?")
     cli_fails(tmp_path, capsys, write_recipe(tmp_path, raw), "method.mask", "'gradfx'")
-    with pytest.raises(RecipeError, match=r"method\.mask: .nonsense. is not one of gradfix, mean, oracle, force, random, random-sign, soft, naive"):
+    with pytest.raises(RecipeError, match=r"method\.mask: .nonsense. is not one of gradfix, mean, oracle, force, random, random-sign, soft, margin, naive"):
         Recipe.from_dict(bert_recipe(bert, method={"mask": "nonsense"}))
 
 
