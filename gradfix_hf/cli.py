@@ -331,7 +331,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         print(f"{name}  ({m['pretty_name']}; {count})\n    {m['description']}")
         for pname, p in m["parameters"].items():
             choices = f" one of {', '.join(map(str, p['choices']))};" if p["choices"] else ""
-            print(f"    {pname:<12} {p['type']:<5} default {p['default']!r};{choices} {p['doc']}")
+            print(f"    {pname:<17} {p['type']:<5} default {p['default']!r};{choices} {p['doc']}")
     print("mask variants: " + ", ".join(described["mask_variants"]))
     return 0
 
