@@ -10,7 +10,8 @@ Opt-in (``GRADFIX_REUSE_FREED_MEMORY=1``, which the ``gradfix`` command honours 
 :func:`reuse_freed_memory` from Python). Measured on the 134 M-parameter merge of ``bench/merge.py`` (2-core CPU)
 once the merge had stopped making avoidable temporaries: no wall-time gain and about 100 MB more peak RSS (blocks
 kept for reuse fragment the heap), so it is off by default; a 100 MB subtraction alone ran 5× faster with it.
-Other C libraries (musl, macOS) are left alone.
+Other C libraries (musl, macOS) are left alone. Reuse is not guaranteed: in about a third of fresh processes
+a second 64 MiB block still lands on fresh pages (seen on the development machine; cause not yet found).
 """
 from __future__ import annotations
 
