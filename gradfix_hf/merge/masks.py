@@ -45,10 +45,16 @@ def sign_source(variant: str) -> Optional[str]:
     return "mean-votes" if variant == "mean" else "votes"
 
 
+def _require_vote_counts(signs: torch.Tensor, n_votes: Optional[int], what: str, name: str) -> int:
+    """N, checking that ``signs`` are integer votes of N samples (what vote margins are made of)."""
+    if signs.is_floating_point() or not n_votes:
+        raise ValueError(f"{what} needs integer votes and their sample count (tensor {name!r}).")
+    return n_votes
+
+
 def margin_filtered(signs: torch.Tensor, n_votes: Optional[int], min_margin: float, name: str = "") -> torch.Tensor:
     """Integer votes with |v|/N < q set to 0 (a tie): only a clear majority keeps its sign."""
-    if signs.is_floating_point() or not n_votes:
-        raise ValueError(f"min_margin needs integer votes and their sample count (tensor {name!r}).")
+    n_votes = _require_vote_counts(signs, n_votes, "min_margin", name)
     need = max(1, math.ceil(min_margin * n_votes - 1e-9))
     return torch.where(signs.abs() >= need, signs, torch.zeros((), dtype=signs.dtype))
 
@@ -97,9 +103,11 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         raise ValueError(f"mask {variant!r} needs signs for tensor {name!r}")
     if min_margin > 0:
         signs, agree = margin_filtered(signs, n_votes, min_margin, name), None
+    if agree is None and variant in ("gradfix", "mean", "oracle", "margin", "random"):
+        agree = sign_agreement_mask(tau, signs)
     no_evidence_fill = (~evidence) & (tau != 0) if evidence is not None and no_evidence != "drop" else None
     if variant in ("gradfix", "mean", "oracle"):
-        out = torch.where(sign_agreement_mask(tau, signs) if agree is None else agree, tau, 0.0)
+        out = torch.where(agree, tau, 0.0)
     elif variant == "force":
         out = tau.abs() * torch.sign(signs).to(tau.dtype)
     elif variant == "soft":
@@ -109,13 +117,11 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
         weight = torch.tanh(rho * torch.sign(signs).to(tau.dtype) * tau / rms).clamp_min(0)
         out = tau * weight
     elif variant == "margin":
-        if signs.is_floating_point() or not n_votes:
-            raise ValueError(f"mask 'margin' needs integer votes and their sample count (tensor {name!r}).")
-        agreeing = sign_agreement_mask(tau, signs) if agree is None else agree
-        out = torch.where(agreeing, tau * (signs.abs().to(tau.dtype) / n_votes), 0.0)
-    elif variant == "random":
-        policy = "drop" if no_evidence == "drop" else "keep"
-        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=policy, agree=agree).sum())
+        n_votes = _require_vote_counts(signs, n_votes, "mask 'margin'", name)
+        out = torch.where(agree, tau * (signs.abs().to(tau.dtype) / n_votes), 0.0)
+    elif variant == "random":  # as many coordinates as gradfix keeps (no-evidence ones too unless dropped)
+        kept = int(keep_mask("gradfix", tau, signs=signs, evidence=evidence, no_evidence=no_evidence,
+                             agree=agree).sum())
         candidates = torch.nonzero(tau.flatten() != 0).squeeze(1)
         order = torch.randperm(candidates.numel(), generator=tensor_generator(seed, name))[:kept]
         flat = torch.zeros(tau.numel(), dtype=torch.bool)

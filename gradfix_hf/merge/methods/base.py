@@ -91,6 +91,7 @@ class MergeMethod:
     min_tasks: int = 1
     max_tasks: Optional[int] = None
     shared_vote: bool = False  # one vote (from the first task's data) serves every input
+    vote_margins: bool = True  # the mask sees each task's own integer votes (min_margin, mask: margin apply)
 
     def parameter_names(self) -> list[str]:
         return [p.name for p in self.parameters]
@@ -115,8 +116,26 @@ class MergeMethod:
                                       f"{'task_arithmetic' if key in TA_ONLY else 'ties'} (this recipe has merge: "
                                       f"{params['merge']}).")
                 params.pop(key)
-        _check_mask_parameters(raw, params, where)
+        self._check_mask_parameters(params, specs, where)
         return params
+
+    def _check_mask_parameters(self, params: dict, specs: Mapping[str, ParameterSpec], where: str) -> None:
+        """Refuse mask parameters that would silently do nothing or cannot apply with the chosen mask.
+        Re-validating a full parameter set is a no-op: only a non-default ``no_evidence_scale`` is refused."""
+        if "mask" not in params:
+            return
+        if params["no_evidence_scale"] != specs["no_evidence_scale"].default and params["no_evidence"] != "scale":
+            raise RecipeError(f"{where}.no_evidence_scale: only applies with no_evidence: scale "
+                              f"(this recipe has no_evidence: {params['no_evidence']}).")
+        if params["min_margin"] == 0 and params["mask"] != "margin":
+            return
+        if not self.vote_margins:
+            raise RecipeError(f"{where}: vote margins (min_margin, mask: margin) apply to one task's votes; "
+                              f"{self.name} masks with the consensus sign of several tasks, which has no margin. "
+                              "Use mask_then_merge.")
+        if params["mask"] not in VOTE_COUNT_VARIANTS:
+            raise RecipeError(f"{where}.min_margin: vote margins need integer majority votes; mask "
+                              f"{params['mask']!r} has no vote counts (use one of {', '.join(VOTE_COUNT_VARIANTS)}).")
 
     def check_tasks(self, count: int, where: str = "tasks") -> None:
         if count < self.min_tasks or (self.max_tasks is not None and count > self.max_tasks):
@@ -144,21 +163,6 @@ class MergeMethod:
     def delta(self, inputs: TensorInputs, params: Mapping[str, Any]) -> torch.Tensor:
         """The fp32 delta added (times α) to θ_B for this tensor."""
         return self.combine(self.task_vectors(inputs, params), inputs, params)
-
-
-def _check_mask_parameters(raw: Mapping[str, Any], params: dict, where: str) -> None:
-    """Refuse mask parameters that would silently do nothing or cannot apply with the chosen mask."""
-    if "mask" not in params:
-        return
-    # (re-validating a full parameter set is a no-op: only a non-default value is refused)
-    if params["no_evidence_scale"] != 0.5 and params["no_evidence"] != "scale":
-        raise RecipeError(f"{where}.no_evidence_scale: only applies with no_evidence: scale "
-                          f"(this recipe has no_evidence: {params['no_evidence']}).")
-    needs_counts = params["min_margin"] > 0 or params["mask"] == "margin"
-    if needs_counts and params["mask"] not in VOTE_COUNT_VARIANTS:
-        what = "min_margin" if params["mask"] != "margin" else "mask"
-        raise RecipeError(f"{where}.{what}: vote margins need integer majority votes; mask {params['mask']!r} has "
-                          f"no vote counts (use one of {', '.join(VOTE_COUNT_VARIANTS)}).")
 
 
 def mask_each(inputs: TensorInputs, params: Mapping[str, Any]) -> list[torch.Tensor]:

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ...errors import RecipeError
 from ..masks import masked_task_vector
 from .base import MASK_PARAMETERS, MERGE_PARAMETERS, MergeMethod, TensorInputs, mask_options, merge_vectors
 from .registry import register
@@ -41,18 +40,10 @@ class MergeThenMask(MergeMethod):
         return masked_task_vector(params["mask"], merged, consensus_signs(inputs.signs), any_evidence(inputs.evidence),
                                   name=inputs.name, **mask_options(params))
 
-    def validate(self, raw: Optional[Mapping[str, Any]], where: str = "method") -> dict:
-        params = super().validate(raw, where)
-        if params.get("min_margin", 0) > 0 or params.get("mask") == "margin":
-            raise RecipeError(f"{where}: vote margins (min_margin, mask: margin) apply to one task's votes; "
-                              "merge_then_mask masks with the consensus sign of several tasks, which has no margin. "
-                              "Use mask_then_merge.")
-        return params
-
 
 MERGE_THEN_MASK = register(MergeThenMask(
     name="merge_then_mask", pretty_name="GradFix Merge-then-Mask",
     description="Multi-task: merge the task vectors (task arithmetic or TIES), then mask the result with the "
                 "consensus sign(Σ_t ŝ_t) of the tasks' votes. The paper's best multi-task pipeline.",
-    parameters=MASK_PARAMETERS + MERGE_PARAMETERS,
+    parameters=MASK_PARAMETERS + MERGE_PARAMETERS, vote_margins=False,
 ))
