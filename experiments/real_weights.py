@@ -141,32 +141,32 @@ def recipe_for(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int,
 
 
 # --------------------------------------------------------------------------------------------------- one run
-def vote_record(votes, pair: dict) -> dict:
+def word_embedding_taus(pair: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """τ_A and τ_B of the word embeddings (read once per experiment: only this tensor of each checkpoint)."""
+    from safetensors import safe_open
+
+    def tensor(role: str) -> torch.Tensor:
+        for file in sorted(Path(pair[role]).glob("*.safetensors")):
+            with safe_open(str(file), "pt") as handle:
+                key = next((k for k in handle.keys() if k.endswith("word_embeddings.weight")), None)
+                if key is not None:
+                    return handle.get_tensor(key).float()
+        raise SystemExit(f"{pair[role]}: no word_embeddings.weight tensor")
+
+    return tensor("source_finetuned") - tensor("source"), tensor("target_finetuned") - tensor("target")
+
+
+def vote_record(votes, taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """How much of the vote is tie or no evidence, overall and on the word embeddings, and how much of the word
     embeddings' τ_A GradFix keeps against the sign oracle (the numbers behind the no-evidence policy)."""
-    from safetensors.torch import load_file
-
     from gradfix_hf.merge.masks import sign_agreement_mask
 
-    total = {"numel": 0, "zero": 0, "no_evidence": 0}
-    for name, v in votes.votes.items():
-        stats = votes.statistics(name)
-        total["numel"] += v.numel()
-        total["zero"] += round((stats["tie"] + stats["no_evidence"]) * v.numel())
-        total["no_evidence"] += round(stats["no_evidence"] * v.numel())
-    record = {"vote_zero_fraction": total["zero"] / total["numel"],
-              "no_evidence_fraction": total["no_evidence"] / total["numel"]}
+    overall = votes.overall_statistics()
+    record = {"vote_zero_fraction": overall["tie"] + overall["no_evidence"],
+              "no_evidence_fraction": overall["no_evidence"]}
     name = next((n for n in votes.votes if n.endswith("word_embeddings.weight")), None)
     if name is not None:
-        def tensor(role: str) -> torch.Tensor:
-            weights = {}
-            for file in sorted(Path(pair[role]).glob("*.safetensors")):
-                weights.update(load_file(file))
-            key = next(k for k in weights if k.endswith("word_embeddings.weight"))
-            return weights[key].float()
-
-        theta_a, target = tensor("source"), tensor("target")
-        tau, tau_b = tensor("source_finetuned") - theta_a, tensor("target_finetuned") - target
+        tau, tau_b = taus
         nonzero = max(int((tau != 0).sum()), 1)
         record["word_embeddings"] = {
             "no_evidence_fraction": votes.statistics(name)["no_evidence"],
@@ -198,9 +198,11 @@ def few_shot_runs(recipe: dict, settings: list[tuple[int, float]]) -> dict[str, 
     return out
 
 
-def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, seed: int, first: bool) -> dict:
+def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, seed: int, first: bool,
+            taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Every method at one (N, seed): the vote once, then the sweep over the candidates and α."""
     from gradfix_hf import prepare, sweep
+    from gradfix_hf.auto import choose
     from gradfix_hf.recipe import Recipe
     from gradfix_hf.transport import recipe_votes
 
@@ -212,17 +214,16 @@ def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, se
     votes = recipe_votes(parsed, [prepare(parsed)], progress=False)[0]  # computed once, then from votes_cache
     vote_seconds = time.perf_counter() - start
     result = sweep(recipe, progress=False)
-    run: dict[str, Any] = {"shots": shots, "seed": seed, "vote_seconds": vote_seconds, **vote_record(votes, pair),
+    run: dict[str, Any] = {"shots": shots, "seed": seed, "vote_seconds": vote_seconds, **vote_record(votes, taus),
                            "zero_shot": {"validation": result.zero_shot["validation"],
                                          "test": result.zero_shot["test"]}, "methods": {}}
     for key, entry in result.methods.items():
         run["methods"][key] = {"label": entry["label"], "best_alpha": entry["best_alpha"],
                                "validation": entry["best_validation"], "test": entry["test"],
                                "validation_curve": entry["validation"]}
-    if result.chosen:  # the variant the validation split picks among GradFix's candidates (naive excluded)
-        gradfix_keys = [k for k in run["methods"] if k != "naive" and k != "oracle"]
-        best = max(gradfix_keys, key=lambda k: (run["methods"][k]["validation"], -gradfix_keys.index(k)))
-        run["validation_chosen_variant"] = {"key": best, "test": run["methods"][best]["test"]}
+    # the variant the validation split picks among GradFix's candidates (naive excluded), as method: auto picks
+    best = choose(result.methods, list(args.candidates))["key"]
+    run["validation_chosen_variant"] = {"key": best, "test": run["methods"][best]["test"]}
     few = {f"few-shot-{settings[0][0]}": {"steps": settings[0][0], "lr": settings[0][1],
                                           "validation": result.few_shot["validation"], "test": result.few_shot["test"]}}
     few.update(few_shot_runs(recipe, settings[1:]) if len(settings) > 1 else {})
@@ -270,8 +271,7 @@ def summarise(runs: list[dict]) -> dict[int, dict[str, dict]]:
                 continue
             rows[key] = {**mean_std([r["methods"][key]["test"] for r in group]),
                          "alpha": [r["methods"][key]["best_alpha"] for r in group]}
-        if all("validation_chosen_variant" in r for r in group):
-            rows["gradfix-validation-chosen"] = mean_std([r["validation_chosen_variant"]["test"] for r in group])
+        rows["gradfix-validation-chosen"] = mean_std([r["validation_chosen_variant"]["test"] for r in group])
         for key in group[0]["few_shot"]:
             rows[key] = mean_std([r["few_shot"][key]["test"] for r in group])
         out[shots] = rows
@@ -361,9 +361,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     train = datasets.load_dataset(str(data_dir), split="train").to_dict()
     pair = build_pair(args, train, label_names)
     reference = oracle_scores(pair, data_dir, args)
+    taus = word_embedding_taus(pair)
     runs = []
     for index, (shots, seed) in enumerate((n, s) for n in args.shots for s in args.seeds):
-        run = one_run(args, pair, data_dir, shots, seed, first=index == 0)
+        run = one_run(args, pair, data_dir, shots, seed, first=index == 0, taus=taus)
         runs.append(run)
         few = ", ".join(f"{k} {v['test']:.3f}" for k, v in run["few_shot"].items())
         print(f"N={shots} seed={seed}: " + ", ".join(f"{k} {m['test']:.3f}" for k, m in run["methods"].items())

@@ -233,13 +233,9 @@ def inspect_path(path: Path, top: int = 10) -> dict:
                 "drift": report.get("drift"), "lowest_kept_fraction": {k: v["kept_fraction"] for k, v in worst}}
     votes = VotesFile.load(path)
     stats = {name: votes.statistics(name) for name in votes.votes}
-    numel = {name: v.numel() for name, v in votes.votes.items()}
-    total = max(sum(numel.values()), 1)
-    overall = {key: sum(stats[n][key] * numel[n] for n in stats) / total
-               for key in ("positive", "negative", "tie", "no_evidence")}
     ordered = sorted(stats.items(), key=lambda kv: -kv[1]["no_evidence"])[:top]
     return {"kind": "votes", "path": str(path), "metadata": votes.metadata, "tensors": len(votes.votes),
-            "coordinates": total, "overall": overall, "dtype": str(next(iter(votes.votes.values())).dtype),
+            "coordinates": sum(v.numel() for v in votes.votes.values()), "overall": votes.overall_statistics(), "dtype": str(next(iter(votes.votes.values())).dtype),
             "most_no_evidence": dict(ordered)}
 
 

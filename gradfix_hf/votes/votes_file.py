@@ -184,6 +184,14 @@ class VotesFile:
                            "mean_abs_margin": abs_sum / numel / max(self.n_samples, 1)}
         return cache[name]
 
+    def overall_statistics(self) -> dict:
+        """Shares of positive / negative / tied / no-evidence votes over every coordinate of every tensor."""
+        numel = {name: v.numel() for name, v in self.votes.items()}
+        total = max(sum(numel.values()), 1)
+        stats = {name: self.statistics(name) for name in numel}
+        return {key: sum(stats[n][key] * numel[n] for n in stats) / total
+                for key in ("positive", "negative", "tie", "no_evidence")}
+
 
 #: |value| of each int8 bit pattern read as uint8 (the bins of the one-pass vote histogram)
 _INT8_ABS = torch.arange(256, dtype=torch.int64).where(torch.arange(256) < 128, 256 - torch.arange(256))
