@@ -3,8 +3,11 @@
 Criterion (stated once, used everywhere): a coordinate may differ between the engines only if, for every
 sample, the reference per-sample gradient there is float noise: |g_n| ≤ 1e-9 × the largest |g_n| over the
 whole model for that sample (e.g. attention key biases, whose gradient is exactly 0 in exact arithmetic).
-Such coordinates must also stay rare: at most 0.5% of the tiny models' coordinates (key biases are a far
-larger share of a 32-wide model than of a real one), and their count is reported.
+Every other coordinate must agree exactly: 0 disagreements, which is within the issue's ≤ 0.01% of
+coordinates. The excused noise coordinates are counted and must stay rare: at most 0.5% of the tiny models'
+coordinates (key biases are a far larger share of a 32-wide model than of a real one). On full-size models
+more coordinates have a sign that fp32 rounding decides; bench/votes.py measures those (its tie rule) and
+the agreement beyond them.
 """
 import pytest
 import torch
@@ -221,3 +224,82 @@ def test_t5_relative_position_bias_is_voted_per_sample_without_the_loop(trios):
         expected = -torch.sign(drop_noise(torch.stack([g[name] for g in grads]).float())).sum(0)
         assert torch.equal(fast[0][name].to(torch.int32), expected.to(torch.int32)), name
         assert (fast[0][name] != 0).any()
+
+
+@pytest.mark.parametrize("n_samples", [1, 5, 200])
+def test_fold_counts_are_the_signs_of_the_noise_dropped_gradients(n_samples):
+    """The fold never forms sign tensors (it counts samples above +limit and below −limit); its votes and
+    evidence must equal −Σ sign(drop_noise(g)) and "any non-noise entry", for one sample (the masks are used
+    directly), several (int8 sums) and more than 127 (int16 votes), with exact zeros and entries at the limit."""
+    from gradfix_hf.votes.fold import VoteFold
+
+    generator = torch.Generator().manual_seed(n_samples)
+    param = nn.Parameter(torch.zeros(7, 9))
+    grads = torch.randn(n_samples, 7, 9, generator=generator) * torch.logspace(-9, 0, 9)  # down to noise
+    grads[:, 0] = 0.0  # a row no sample touches: no evidence
+    peak = grads.flatten(1).abs().amax(1)
+    grads[:, 1, 0] = NOISE_FLOOR * peak  # exactly at the limit: noise
+    fold = VoteFold({"w": param}, n_samples, "majority")
+    for lo in range(0, n_samples, 3):  # chunks of up to three samples, as the engines fold them
+        fold.dense("w", grads[lo:lo + 3])
+    votes, evidence = fold.result()
+    kept = drop_noise(grads)
+    assert votes["w"].dtype == (torch.int8 if n_samples <= 127 else torch.int16)
+    assert torch.equal(votes["w"].to(torch.int32), -torch.sign(kept).sum(0).to(torch.int32))
+    assert torch.equal(evidence["w"], (kept != 0).any(0))
+    assert not evidence["w"][0].any() and not evidence["w"][1, 0]
+
+
+def test_fold_names_the_tensor_with_a_nan_or_inf_gradient():
+    from gradfix_hf.errors import NonFiniteError
+    from gradfix_hf.votes.fold import VoteFold
+
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        fold = VoteFold({"layer.weight": nn.Parameter(torch.zeros(4))}, 3, "majority")
+        grads = torch.randn(3, 4)
+        grads[2, 1] = bad
+        with pytest.raises(NonFiniteError, match=r"sample 9: gradient of 'layer.weight' has NaN/inf"):
+            fold.dense("layer.weight", grads, where="sample 9")
+        assert not fold.votes["layer.weight"].any()  # nothing folded from the bad chunk
+
+
+def test_linear_rule_skips_positions_whose_output_gradient_is_zero():
+    """Only the scored positions reach an LM head: the per-sample product is formed over those alone, gathered
+    per sample, and equals the full sum over all positions."""
+    from gradfix_hf.votes.batched_engine import _active_positions
+
+    generator = torch.Generator().manual_seed(0)
+    g = torch.randn(4, 10, 6, generator=generator)
+    x = torch.randn(4, 10, 5, generator=generator)
+    active = torch.zeros(4, 10, dtype=torch.bool)
+    active[0, 9] = active[1, 3] = active[1, 7] = active[3, 0] = True  # sample 2: no gradient at all
+    g = g * active.unsqueeze(-1)
+    g_kept, x_kept = _active_positions(g, x)
+    assert g_kept.shape == (4, 2, 6) and x_kept.shape == (4, 2, 5)  # the largest count of active positions
+    full = torch.einsum("bto,bti->boi", g, x)
+    assert torch.allclose(torch.bmm(g_kept.transpose(1, 2), x_kept), full, rtol=0, atol=1e-6)
+    dense = torch.randn(4, 10, 6, generator=generator)  # every position active: nothing to skip
+    assert _active_positions(dense, x)[0] is dense
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+
+    class LastPosition:  # a loss on the last real position of each sample only
+        def collate(self, examples):
+            return {"x": nn.utils.rnn.pad_sequence([e["x"] for e in examples], batch_first=True),
+                    "last": torch.tensor([len(e["x"]) - 1 for e in examples]), "y": torch.cat([e["y"] for e in examples])}
+
+        def batch_losses(self, m, batch):
+            out = m(batch["x"])[torch.arange(len(batch["last"])), batch["last"]]
+            return F.cross_entropy(out, batch["y"], reduction="none")
+
+        def loss(self, m, example):
+            return self.batch_losses(m, self.collate([example]))[0]
+
+    examples = [{"x": torch.randn(int(torch.randint(3, 9, (1,))), 5), "y": torch.randint(0, 3, (1,))}
+                for _ in range(6)]
+    names = [n for n, _ in model.named_parameters()]
+    fast = compute_votes_batched(model, LastPosition(), examples, names, micro_batch_size=4, progress=False)
+    reference = compute_votes(model, LastPosition().loss, examples, names, progress=False)
+    for name in names:
+        assert torch.equal(fast[0][name], reference[0][name]), name

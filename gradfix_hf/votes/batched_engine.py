@@ -45,7 +45,8 @@ try:  # GPT-2 style Conv1D (weight stored as [in, out])
 except ImportError:  # pragma: no cover
     Conv1D = ()
 
-CHUNK_ELEMENTS = 1 << 25  # per-sample gradients materialised at once: ~128 MB of fp32
+CHUNK_ELEMENTS = 1 << 22  # per-sample gradients materialised at once (at least one sample): ~16 MB of fp32,
+# small enough that the fold re-reads them from cache
 
 
 def _flat(x: torch.Tensor, batch: int, last: int) -> torch.Tensor:
@@ -53,20 +54,25 @@ def _flat(x: torch.Tensor, batch: int, last: int) -> torch.Tensor:
 
 
 def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor, rows: slice,
-                options: Optional[dict] = None) -> torch.Tensor:
+                options: Optional[dict] = None, out: Optional[Callable] = None) -> torch.Tensor:
     """Dense per-sample gradient [c, *param.shape] of ``module.<pname>`` for samples ``rows`` (``options``: the
-    call's constant keyword arguments, for the torch.func path)."""
+    call's constant keyword arguments, for the torch.func path; ``out(shape)``: a reusable buffer for the
+    weight gradients of linear layers)."""
     b = x.shape[0]
     if isinstance(module, nn.Linear):
         gf = _flat(g, b, module.out_features)[rows]
         if pname == "bias":
             return gf.sum(1)
-        return torch.einsum("bto,bti->boi", gf, _flat(x, b, module.in_features)[rows].to(gf.dtype))
+        gf, xf = _active_positions(gf, _flat(x, b, module.in_features)[rows].to(gf.dtype))
+        shape = (gf.shape[0], module.out_features, module.in_features)
+        return torch.bmm(gf.transpose(1, 2), xf, out=out(shape) if out else None)
     if Conv1D and isinstance(module, Conv1D):
         gf = _flat(g, b, module.nf)[rows]
         if pname == "bias":
             return gf.sum(1)
-        return torch.einsum("bti,bto->bio", _flat(x, b, module.weight.shape[0])[rows].to(gf.dtype), gf)
+        gf, xf = _active_positions(gf, _flat(x, b, module.weight.shape[0])[rows].to(gf.dtype))
+        shape = (gf.shape[0], module.weight.shape[0], module.nf)
+        return torch.bmm(xf.transpose(1, 2), gf, out=out(shape) if out else None)
     if isinstance(module, nn.LayerNorm):
         shape = module.normalized_shape
         gf = g.reshape(b, -1, *shape)[rows]
@@ -87,6 +93,25 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
         grad = torch.einsum("bol,bil->boi", gf.flatten(2), cols)
         return grad.reshape(gf.shape[0], *module.weight.shape)
     return _functional_per_sample(module, pname, x[rows], g[rows], options)
+
+
+def _active_positions(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the positions where a sample's output gradient is exactly 0 from Σ_t g_t ⊗ x_t ([c, T, ·] each).
+
+    Most positions carry no gradient into an LM head (only the scored tokens do), nor into a classifier's last
+    layer (only [CLS]); skipping them makes those per-sample products up to T× cheaper. The sum is unchanged:
+    the skipped terms are exact zeros. Each sample keeps its own active positions (gathered to the front), the
+    rest of the max-count slots are filled with inactive positions, whose terms are 0.
+    """
+    positions = g.shape[1]
+    if positions <= 2:
+        return g, x
+    active = g.ne(0).any(-1)
+    keep = int(active.sum(1).max())
+    if keep > positions // 2:
+        return g, x
+    order = torch.argsort(active.to(torch.uint8), dim=1, descending=True, stable=True)[:, :keep].unsqueeze(-1)
+    return g.gather(1, order.expand(-1, -1, g.shape[2])), x.gather(1, order.expand(-1, -1, x.shape[2]))
 
 
 def _functional_per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
@@ -425,7 +450,10 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
             if total is not None and isinstance(module, nn.Embedding):
                 _add_embedding_rows(total, module, x, grad, rows)
                 continue
-            part = _per_sample(module, pname, x, grad, rows, options)
+            out = None
+            if total is None and grad.dtype == torch.float32:  # the first part may live in the reused buffer
+                out = lambda shape, d=grad.device: fold.scratch.take("per_sample", shape, torch.float32, d)  # noqa: E731
+            part = _per_sample(module, pname, x, grad, rows, options, out)
             total = part.float() if total is None else total.add_(part)
         fold.dense(name, total)
 

@@ -4,6 +4,7 @@ Shared by the reference engine (one sample at a time) and the batched engine (a 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -18,6 +19,13 @@ MODES = AGGREGATIONS + ("sum",)
 NOISE_FLOOR = 2.0 ** -20  # |g| ≤ NOISE_FLOOR · max|g| (per sample, per tensor) is rounding noise: no vote
 
 
+def noise_limits(flat: torch.Tensor) -> torch.Tensor:
+    """[c, 1]: NOISE_FLOOR × each sample's largest |g| in the tensor (``flat`` is [c, numel]). A NaN or inf
+    anywhere in a sample's gradient propagates into its limit. (max(amax, −amin) is two vectorised reductions
+    without a temporary: several times faster on CPU than ``abs().amax()`` or an inf-norm.)"""
+    return (NOISE_FLOOR * torch.maximum(flat.amax(1), flat.amin(1).neg())).unsqueeze(1)
+
+
 def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
     """Zero the entries of per-sample gradients [c, ...] that are rounding noise of their sample's tensor.
 
@@ -26,9 +34,25 @@ def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
     two correct engines would disagree on it. Relative to the sample's largest |g| in the tensor, such noise
     sits far below 2^-20, while a real gradient component of that size cannot move the loss measurably.
     """
-    scale = per_sample.abs().flatten(1).amax(1).view(-1, *([1] * (per_sample.dim() - 1)))
-    return torch.where(per_sample.abs() <= NOISE_FLOOR * scale, torch.zeros_like(per_sample), per_sample)
+    flat = per_sample.reshape(per_sample.shape[0], -1)
+    return torch.where(flat.abs() <= noise_limits(flat), 0.0, flat).view_as(per_sample)
 
+
+class Scratch:
+    """Named buffers reused from fold to fold. On CPU a large tensor written into fresh memory pays a page fault
+    per 4 KiB page (a 64 MB per-sample gradient is written about 3× slower than into memory already touched), so
+    the per-sample gradients and the comparison masks of a fold go into buffers kept for the next one."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, slot: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            self._buffers.pop(slot, None)  # freed before the larger one is allocated
+            buffer = self._buffers[slot] = torch.empty(max(numel, 1), dtype=dtype, device=device)
+        return buffer[:numel].view(*shape)
 
 
 def voted_parameters(model: nn.Module, parameter_names: Sequence[str], aggregation: str) -> dict[str, nn.Parameter]:
@@ -61,17 +85,39 @@ class VoteFold:
         self.votes = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
         self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
         self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
+        self.scratch = Scratch()
 
     def dense(self, name: str, per_sample: torch.Tensor, where: str = "") -> None:
-        """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``."""
-        if not torch.isfinite(per_sample).all():
+        """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``.
+
+        Majority votes never form the signs as a tensor: per coordinate they count the samples whose
+        gradient is above the noise limit and those below minus it (two comparisons, summed over the samples
+        in ``vote_dtype``), so the c × numel data are streamed four times (max, min, above, below) into
+        reused buffers.
+        """
+        count = per_sample.shape[0]
+        flat = per_sample.reshape(count, -1)
+        limit = noise_limits(flat)
+        if not bool(torch.isfinite(limit).all()):
             raise NonFiniteError(f"{where + ': ' if where else ''}gradient of {name!r} has NaN/inf.")
-        per_sample = drop_noise(per_sample)
-        self.evidence[name] |= (per_sample != 0).any(0)
+        evidence = self.evidence[name].view(-1)
         if self.mean:
-            self.sums[name] += per_sample.sum(0)
+            kept = torch.where(flat.abs() <= limit, 0.0, flat)
+            evidence |= (kept != 0).any(0)
+            self.sums[name].view(-1).add_(kept.sum(0))
+            return
+        take = self.scratch.take
+        above = torch.gt(flat, limit, out=take("above", flat.shape, torch.bool, flat.device))
+        below = torch.lt(flat, limit.neg(), out=take("below", flat.shape, torch.bool, flat.device))
+        # bool storage read as 0/1 bytes: summing int8 is several times faster than summing bool
+        above, below = above.view(torch.int8), below.view(torch.int8)
+        if count == 1:  # one sample: the masks are its votes
+            up, down = above[0], below[0]
         else:
-            self.votes[name] -= torch.sign(per_sample).sum(0, dtype=torch.int32).to(self.dtype)
+            up = torch.sum(above, 0, dtype=self.dtype, out=take("up", flat.shape[1:], self.dtype, flat.device))
+            down = torch.sum(below, 0, dtype=self.dtype, out=take("down", flat.shape[1:], self.dtype, flat.device))
+        evidence.logical_or_(up).logical_or_(down)
+        self.votes[name].view(-1).sub_(up).add_(down)
 
     def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
         """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
