@@ -51,15 +51,24 @@ import transformers  # noqa: E402
 from gradfix_hf.objectives import CausalLMObjective, Seq2SeqObjective, SequenceClassificationObjective  # noqa: E402
 from gradfix_hf.quickstart.toy import word_tokenizer  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
-from gradfix_hf.votes import compute_votes, compute_votes_batched  # noqa: E402
+from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched  # noqa: E402
 from machine import fmt, processor, source_fingerprint, write_json  # noqa: E402 (bench/ is on sys.path)
 
 MODELS = ("bert", "t5", "gpt2")
 AUTHORS_BATCH = 32  # the authors' code forwards micro-batches of 32
 NOISE_RELATIVE = 1e-9  # |g| ≤ 1e-9 · max|g| over the whole model (per sample) counts as float noise
+# Float-noise ties: coordinates whose vote fp32 rounding decides. Let g'_n be sample n's gradient computed a
+# second, equally exact way (n padded in a batch with the next sample, as the batched engine sees it) and
+# m = TIE_BAND × |g_n − g'_n| a few rounding errors of g_n. A coordinate is a tie when for some sample
+# |g_n| ≤ m (its sign is within rounding of 0) or ||g_n| − L_n| ≤ m (rounding decides whether it is above the
+# noise limit L_n = NOISE_FLOOR × its max |g| in the tensor, i.e. voted or dropped). (On the T5-like model the
+# reference loop alone changes ~0.05% of its votes when a relative-bias table also requires grad, which only
+# reorders float operations.)
+TIE_BAND = 4.0
 LABEL_WORDS = {0: "negative", 1: "positive"}
 GOALS = {"speedup_vs_research_method": 15.0, "speedup_vs_loop": 1.3, "time_over_floor": 1.2,
-         "memory": "peak_rss_mb <= 1.1 * (plain_step_peak_rss_mb + 1 byte/parameter)"}
+         "memory": "peak_rss_mb <= 1.1 * (plain_step_peak_rss_mb + 1 byte/parameter)",
+         "mismatch_fraction_excluding_ties": 1e-4}
 # Full runs: the authors' method on GPT-2 costs N full batch backwards (minutes each on 2 cores); it is
 # measured on this many samples and extrapolated linearly (each autograd.grad call costs the same).
 DEFAULT_AUTHORS_CAP = {"gpt2": 8}
@@ -252,16 +261,25 @@ def run_loop(model, objective, examples, names, spec):
     for p in params:
         p.requires_grad_(True)
     relative = [torch.zeros(p.shape, device=p.device) for p in params]
-    for example in examples:
+    ties = [torch.zeros(p.shape, dtype=torch.bool, device=p.device) for p in params]
+    for index, example in enumerate(examples):
         grads = torch.autograd.grad(objective.loss(model, example), params, allow_unused=True)
+        pair = objective.collate([example, examples[(index + 1) % len(examples)]])
+        again = torch.autograd.grad(objective.batch_losses(model, pair)[0], params, allow_unused=True)
         scale = max(float(g.detach().abs().max()) for g in grads if g is not None)
-        for r, g in zip(relative, grads):
+        for r, tie, g, g2 in zip(relative, ties, grads, again):
             if g is not None and scale > 0:
-                torch.maximum(r, g.detach().abs() / scale, out=r)
+                size = g.detach().abs()
+                torch.maximum(r, size / scale, out=r)
+                if g2 is not None:
+                    margin = TIE_BAND * (g.detach() - g2.detach()).abs()  # a few fp32 rounding errors of g
+                    limit = NOISE_FLOOR * size.max()
+                    tie |= ((size > 0) & (size <= margin)) | ((size - limit).abs() <= margin)
     for p in params:
         p.requires_grad_(False)
     result["noise_pass_seconds"] = time.perf_counter() - start
-    return result, {"votes": votes, "evidence": evidence, "relative": dict(zip(names, relative))}
+    return result, {"votes": votes, "evidence": evidence, "relative": dict(zip(names, relative)),
+                    "ties": dict(zip(names, ties))}
 
 
 def run_authors(model, objective, examples, names, spec):
@@ -401,9 +419,10 @@ def run_in_child(spec: dict) -> tuple[dict, dict | None]:
 
 
 # ----------------------------------------------------------------------------------------------- comparing
-def mismatch(votes_a: dict, votes_b: dict, names, relative: dict) -> dict:
-    """Fraction of coordinates whose votes differ; also excluding noise coordinates (relative gradient ≤ 1e-9)."""
-    total = differ = kept = differ_kept = 0
+def mismatch(votes_a: dict, votes_b: dict, names, relative: dict, ties: dict) -> dict:
+    """Fraction of coordinates whose votes differ; also excluding noise coordinates (relative gradient ≤ 1e-9),
+    and excluding those and the noise-rule ties (a sample's |g| within TIE_BAND of its noise limit)."""
+    total = differ = kept = differ_kept = differ_decided = tied = 0
     largest = 0.0
     by_size = {"1e-9..1e-6": 0, "1e-6..1e-4": 0, ">1e-4": 0}
     histogram: dict[int, int] = {}
@@ -418,6 +437,8 @@ def mismatch(votes_a: dict, votes_b: dict, names, relative: dict) -> dict:
         differ += int(bad.sum())
         kept += int(keep.sum())
         differ_kept += int((bad & keep).sum())
+        differ_decided += int((bad & keep & ~ties[name]).sum())
+        tied += int((keep & ties[name]).sum())
         sizes = relative[name][bad & keep]
         if sizes.numel():
             largest = max(largest, float(sizes.max()))
@@ -427,6 +448,8 @@ def mismatch(votes_a: dict, votes_b: dict, names, relative: dict) -> dict:
     return {"fraction": differ / total, "count": differ, "fraction_excluding_noise": differ_kept / max(kept, 1),
             "vote_difference_histogram": {str(k): v for k, v in sorted(histogram.items())},
             "count_excluding_noise": differ_kept, "noise_coordinates": total - kept,
+            "fraction_excluding_ties": differ_decided / max(kept - tied, 1), "count_excluding_ties": differ_decided,
+            "tie_coordinates": tied,
             "largest_relative_gradient_at_mismatch": largest, "mismatches_by_relative_gradient": by_size}
 
 
@@ -527,18 +550,23 @@ def bench_model(kind: str, args, log) -> dict:
         info["memory_bound_over_baseline_mb"] = 1.1 * (results["plain"]["peak_over_baseline_mb"] + n_params / 2 ** 20)
     if ok["engine"] and ok["loop"]:
         ref, eng = tensors["loop"], tensors["engine"]
-        m = mismatch(eng["votes"], ref["votes"], names, ref["relative"])
+        m = mismatch(eng["votes"], ref["votes"], names, ref["relative"], ref["ties"])
         info.update(mismatch_fraction=m["fraction"], mismatch_count=m["count"],
                     mismatch_fraction_excluding_noise=m["fraction_excluding_noise"],
                     mismatch_count_excluding_noise=m["count_excluding_noise"],
                     noise_coordinates=m["noise_coordinates"],
+                    mismatch_fraction_excluding_ties=m["fraction_excluding_ties"],
+                    mismatch_count_excluding_ties=m["count_excluding_ties"], tie_coordinates=m["tie_coordinates"],
+                    tie_rule=f"for some sample, |g| <= m or ||g| - L| <= m, where m = {TIE_BAND:g} x |g - g'|, g' is the "
+                             "same sample's gradient padded in a batch of two and L the noise limit "
+                             f"({NOISE_FLOOR:g} x its max |g| in the tensor): fp32 rounding decides the vote",
                     largest_relative_gradient_at_mismatch=m["largest_relative_gradient_at_mismatch"],
                     mismatches_by_relative_gradient=m["mismatches_by_relative_gradient"],
                     mismatch_vote_difference_histogram=m["vote_difference_histogram"],
                     evidence_mismatch_count=evidence_mismatch(eng["evidence"], ref["evidence"], ref["votes"], names),
                     most_mismatched_parameters=mismatched_tensors(eng["votes"], ref["votes"], names, ref["relative"]))
         if ok["authors"] and tensors["authors"] is not None:
-            a = mismatch(tensors["authors"]["votes"], ref["votes"], names, ref["relative"])
+            a = mismatch(tensors["authors"]["votes"], ref["votes"], names, ref["relative"], ref["ties"])
             info["research_method_mismatch_fraction"] = a["fraction"]
             info["research_method_mismatch_fraction_excluding_noise"] = a["fraction_excluding_noise"]
             info["research_method_mismatch_note"] = (
@@ -555,13 +583,15 @@ def bench_model(kind: str, args, log) -> dict:
         goals["memory"] = info["peak_rss_mb"] <= info["memory_bound_mb"]
         goals["memory_over_baseline"] = (results["engine"]["peak_over_baseline_mb"]
                                          <= info["memory_bound_over_baseline_mb"])
+    if "mismatch_fraction_excluding_ties" in info:
+        goals["mismatch"] = info["mismatch_fraction_excluding_ties"] <= GOALS["mismatch_fraction_excluding_ties"]
     info["goals_met"] = goals
     return info
 
 
 def table(report: dict) -> str:
     head = ("model", "params", "engine s", "authors s", "loop s", "floor s", "×authors", "×loop", "/floor",
-            "peak MB", "plain MB", "bound MB", "mismatch", "excl. noise", "other CPU")
+            "peak MB", "plain MB", "bound MB", "mismatch", "excl. noise", "excl. ties", "other CPU")
     rows = [head]
     for kind, r in report["models"].items():
         m = r.get("methods", {})
@@ -573,6 +603,7 @@ def table(report: dict) -> str:
                      fmt(r.get("time_over_floor"), ".2f"), fmt(r.get("peak_rss_mb"), ".0f"),
                      fmt(r.get("plain_step_peak_rss_mb"), ".0f"), fmt(r.get("memory_bound_mb"), ".0f"),
                      fmt(r.get("mismatch_fraction"), ".2e"), fmt(r.get("mismatch_fraction_excluding_noise"), ".2e"),
+                     fmt(r.get("mismatch_fraction_excluding_ties"), ".2e"),
                      fmt(max((v.get("other_processes_cpu_fraction", 0) for v in m.values()), default=None), ".0%")))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in rows]
