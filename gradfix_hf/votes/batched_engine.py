@@ -4,7 +4,8 @@ How: no parameter gets a ``.grad``; instead each supported layer records its inp
 its output gradient in the backward pass, and the per-sample gradients of its weights are formed from those
 two (Opacus-style "grad samplers"), turned into signs and folded into the integer votes at once:
 
-* ``nn.Linear`` / GPT-2 ``Conv1D``: Σ_t δ_{n,t} ⊗ a_{n,t} (one einsum over the micro-batch),
+* ``nn.Linear`` / GPT-2 ``Conv1D``: Σ_t δ_{n,t} ⊗ a_{n,t} (one batched matmul, over the positions whose output
+  gradient is not exactly 0: an LM head sees only the scored tokens),
 * ``nn.Embedding``: per-sample rows, sparse: only rows a sample's tokens touch get a vote (and evidence),
   ``padding_idx`` excluded exactly as PyTorch's backward does,
 * ``nn.LayerNorm``: Σ_t δ ⊙ x̂ and Σ_t δ,
@@ -24,7 +25,8 @@ noise, so the result equals the reference loop except on coordinates whose gradi
 Why hooks rather than Opacus or ``torch.func`` on the whole model: Opacus materialises ``grad_sample`` for
 every parameter of the batch at once (B copies of the gradient, which GradFix must never hold) and does not
 sum tied weights' contributions per sample; ``vmap`` over a whole Hugging Face model fails on data-dependent
-Python control flow in their forward passes. Hooks keep at most one layer's per-sample gradients alive.
+Python control flow in their forward passes. Hooks keep at most one chunk of one layer's per-sample gradients
+alive (CHUNK_ELEMENTS values, or one sample of a larger tensor), in a buffer reused from chunk to chunk.
 """
 from __future__ import annotations
 
