@@ -303,3 +303,36 @@ def test_linear_rule_skips_positions_whose_output_gradient_is_zero():
     reference = compute_votes(model, LastPosition().loss, examples, names, progress=False)
     for name in names:
         assert torch.equal(fast[0][name], reference[0][name]), name
+
+
+def test_causal_lm_losses_use_logits_only_where_a_label_is_predicted(trios):
+    """The causal-LM objective asks for logits at the scored positions only (``logits_to_keep``); its losses
+    must equal the model's own full-logits loss, alone and padded in a batch, and fall back for a model
+    whose forward has no ``logits_to_keep``."""
+    recipe = Recipe.from_dict(recipe_dict("gpt2", trios("gpt2"), data={"samples_per_class": 3}))
+    prepared = prepare(recipe)
+    model = load_base_model(prepared.plan).eval()
+    objective, examples = prepared.objective, prepared.examples
+    seen = []
+    handle = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    with torch.no_grad():
+        full = torch.stack([model(**e).loss for e in examples])
+        seen.clear()
+        batched = objective.batch_losses(model, objective.collate(examples))
+        alone = torch.stack([objective.loss(model, e) for e in examples])
+    handle.remove()
+    longest = max(int(e["input_ids"].shape[1]) for e in examples)
+    assert seen[0] < longest  # the LM head ran on the scored positions only
+    assert torch.allclose(batched, full, rtol=1e-5) and torch.allclose(alone, full, rtol=1e-5)
+
+    class NoKeep(nn.Module):  # a forward without logits_to_keep: full logits, same losses
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    with torch.no_grad():
+        fallback = objective.batch_losses(NoKeep(model), objective.collate(examples))
+    assert torch.allclose(fallback, full, rtol=1e-5)
