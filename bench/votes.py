@@ -52,6 +52,7 @@ from gradfix_hf.objectives import CausalLMObjective, Seq2SeqObjective, SequenceC
 from gradfix_hf.quickstart.toy import word_tokenizer  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
 from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched  # noqa: E402
+from gradfix_hf.votes.fold import noise_limits  # noqa: E402
 from machine import fmt, processor, source_fingerprint, write_json  # noqa: E402 (bench/ is on sys.path)
 
 MODELS = ("bert", "t5", "gpt2")
@@ -273,7 +274,7 @@ def run_loop(model, objective, examples, names, spec):
                 torch.maximum(r, size / scale, out=r)
                 if g2 is not None:
                     margin = TIE_BAND * (g.detach() - g2.detach()).abs()  # a few fp32 rounding errors of g
-                    limit = NOISE_FLOOR * size.max()
+                    limit = noise_limits(g.detach().reshape(1, -1)).squeeze()  # the engines' own noise limit
                     tie |= ((size > 0) & (size <= margin)) | ((size - limit).abs() <= margin)
     for p in params:
         p.requires_grad_(False)
@@ -421,7 +422,7 @@ def run_in_child(spec: dict) -> tuple[dict, dict | None]:
 # ----------------------------------------------------------------------------------------------- comparing
 def mismatch(votes_a: dict, votes_b: dict, names, relative: dict, ties: dict) -> dict:
     """Fraction of coordinates whose votes differ; also excluding noise coordinates (relative gradient ≤ 1e-9),
-    and excluding those and the noise-rule ties (a sample's |g| within TIE_BAND of its noise limit)."""
+    and excluding those and the float-noise ties (``ties``: the rule at TIE_BAND)."""
     total = differ = kept = differ_kept = differ_decided = tied = 0
     largest = 0.0
     by_size = {"1e-9..1e-6": 0, "1e-6..1e-4": 0, ">1e-4": 0}

@@ -61,20 +61,16 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
     call's constant keyword arguments, for the torch.func path; ``out(shape)``: a reusable buffer for the
     weight gradients of linear layers)."""
     b = x.shape[0]
-    if isinstance(module, nn.Linear):
-        gf = _flat(g, b, module.out_features)[rows]
+    if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D)):
+        conv1d = not isinstance(module, nn.Linear)  # GPT-2's Conv1D stores its weight as [in, out]
+        n_in, n_out = (module.weight.shape[0], module.nf) if conv1d else (module.in_features, module.out_features)
+        gf = _flat(g, b, n_out)[rows]
         if pname == "bias":
             return gf.sum(1)
-        gf, xf = _active_positions(gf, _flat(x, b, module.in_features)[rows].to(gf.dtype))
-        shape = (gf.shape[0], module.out_features, module.in_features)
-        return torch.bmm(gf.transpose(1, 2), xf, out=out(shape) if out else None)
-    if Conv1D and isinstance(module, Conv1D):
-        gf = _flat(g, b, module.nf)[rows]
-        if pname == "bias":
-            return gf.sum(1)
-        gf, xf = _active_positions(gf, _flat(x, b, module.weight.shape[0])[rows].to(gf.dtype))
-        shape = (gf.shape[0], module.weight.shape[0], module.nf)
-        return torch.bmm(xf.transpose(1, 2), gf, out=out(shape) if out else None)
+        gf, xf = _active_positions(gf, _flat(x, b, n_in)[rows].to(gf.dtype))
+        left, right = (xf, gf) if conv1d else (gf, xf)
+        shape = (gf.shape[0], left.shape[2], right.shape[2])
+        return torch.bmm(left.transpose(1, 2), right, out=out(shape) if out else None)
     if isinstance(module, nn.LayerNorm):
         shape = module.normalized_shape
         gf = g.reshape(b, -1, *shape)[rows]

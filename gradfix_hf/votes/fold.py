@@ -35,7 +35,12 @@ def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
     sits far below 2^-20, while a real gradient component of that size cannot move the loss measurably.
     """
     flat = per_sample.reshape(per_sample.shape[0], -1)
-    return torch.where(flat.abs() <= noise_limits(flat), 0.0, flat).view_as(per_sample)
+    return _without_noise(flat, noise_limits(flat)).view_as(per_sample)
+
+
+def _without_noise(flat: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """``flat`` [c, numel] with the entries at or below each sample's noise ``limit`` [c, 1] set to 0."""
+    return torch.where(flat.abs() <= limit, 0.0, flat)
 
 
 class Scratch:
@@ -102,7 +107,7 @@ class VoteFold:
             raise NonFiniteError(f"{where + ': ' if where else ''}gradient of {name!r} has NaN/inf.")
         evidence = self.evidence[name].view(-1)
         if self.mean:
-            kept = torch.where(flat.abs() <= limit, 0.0, flat)
+            kept = _without_noise(flat, limit)
             evidence |= (kept != 0).any(0)
             self.sums[name].view(-1).add_(kept.sum(0))
             return
