@@ -6,6 +6,7 @@ the most likely (scored choices), which is exact and needs no generation setting
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -68,9 +69,15 @@ class CausalLMObjective(TextToTextObjective):
         """Logits only where a label token is predicted (``logits_to_keep``): the LM head's vocabulary-wide
         product at the other positions is wasted work (with 128 tokens and one label word, 127 of 128 rows) and
         most of the memory of the logits. The scored rows and their losses are the same as with full logits."""
-        if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        if not _takes_logits_to_keep(type(model).forward):
             return super().batch_losses(model, batch)
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         scored = (targets != -100).any(0).nonzero().squeeze(1)
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=scored).logits
         return token_losses(logits, targets[:, scored], shift=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(forward) -> bool:
+    """Whether a model class's forward accepts ``logits_to_keep`` (asked once per class, not per loss)."""
+    return "logits_to_keep" in inspect.signature(forward).parameters
