@@ -226,16 +226,19 @@ def test_t5_relative_position_bias_is_voted_per_sample_without_the_loop(trios):
         assert (fast[0][name] != 0).any()
 
 
+@pytest.mark.parametrize("width", [9, 9363])  # 7 × 9363 ≥ ROW_CALL_MIN_ELEMENTS: the per-row hardshrink path
 @pytest.mark.parametrize("n_samples", [1, 5, 200])
-def test_fold_counts_are_the_signs_of_the_noise_dropped_gradients(n_samples):
-    """The fold never forms sign tensors (it counts samples above +limit and below −limit); its votes and
-    evidence must equal −Σ sign(drop_noise(g)) and "any non-noise entry", for one sample (the masks are used
-    directly), several (int8 sums) and more than 127 (int16 votes), with exact zeros and entries at the limit."""
-    from gradfix_hf.votes.fold import VoteFold
+def test_fold_counts_are_the_signs_of_the_noise_dropped_gradients(n_samples, width):
+    """The fold drops noise per sample row (hardshrink) or with a mask (small tensors) and keeps int8 sign
+    sums and voter counts; its votes and evidence must equal −Σ sign(drop_noise(g)) and "any non-noise entry",
+    for one sample, several (int8 sums) and more than 127 (int16 votes), with exact zeros and entries at the
+    limit."""
+    from gradfix_hf.votes.fold import ROW_CALL_MIN_ELEMENTS, VoteFold
 
+    assert (7 * width >= ROW_CALL_MIN_ELEMENTS) == (width > 9)
     generator = torch.Generator().manual_seed(n_samples)
-    param = nn.Parameter(torch.zeros(7, 9))
-    grads = torch.randn(n_samples, 7, 9, generator=generator) * torch.logspace(-9, 0, 9)  # down to noise
+    param = nn.Parameter(torch.zeros(7, width))
+    grads = torch.randn(n_samples, 7, width, generator=generator) * torch.logspace(-9, 0, width)  # down to noise
     grads[:, 0] = 0.0  # a row no sample touches: no evidence
     peak = grads.flatten(1).abs().amax(1)
     grads[:, 1, 0] = NOISE_FLOOR * peak  # exactly at the limit: noise
@@ -260,7 +263,8 @@ def test_fold_names_the_tensor_with_a_nan_or_inf_gradient():
         grads[2, 1] = bad
         with pytest.raises(NonFiniteError, match=r"sample 9: gradient of 'layer.weight' has NaN/inf"):
             fold.dense("layer.weight", grads, where="sample 9")
-        assert not fold.votes["layer.weight"].any()  # nothing folded from the bad chunk
+        votes, evidence = fold.result()
+        assert not votes["layer.weight"].any() and not evidence["layer.weight"].any()  # nothing folded
 
 
 def test_linear_rule_skips_positions_whose_output_gradient_is_zero():

@@ -17,6 +17,7 @@ AGGREGATIONS = ("majority", "mean")
 # "sum" is for several processes (votes.distributed): the float Σ_n g_n per parameter instead of votes
 MODES = AGGREGATIONS + ("sum",)
 NOISE_FLOOR = 2.0 ** -20  # |g| ≤ NOISE_FLOOR · max|g| (per sample, per tensor) is rounding noise: no vote
+ROW_CALL_MIN_ELEMENTS = 1 << 16  # the fold drops a tensor's noise per sample row from this size up
 
 
 def noise_limits(flat: torch.Tensor) -> torch.Tensor:
@@ -78,51 +79,62 @@ class VoteFold:
     """Integer votes (or float sums for ``mean``/``sum``) and evidence, updated from per-sample gradients.
 
     Both engines fold through this class, so the noise rule, the evidence and the vote arithmetic are
-    defined once. Votes accumulate in ``vote_dtype(N)`` (exact: a partial sum never exceeds N).
+    defined once. A majority vote keeps two counters per coordinate in ``vote_dtype(N)``: Σ_n sign(g_n) over
+    the samples above the noise limit (``sign_sums``; the vote is its negative) and how many samples those
+    are (``voters``; the evidence is voters > 0). Both are formed into votes and evidence once, at the end:
+    two bytes per parameter for N ≤ 127, as votes plus a bool evidence would take, but each fold only adds
+    int8 counts, where updating a bool evidence costs casts. A partial count never exceeds N: exact.
     """
 
     def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str):
         self.dtype = vote_dtype(n_samples)
         self.aggregation = aggregation
         self.mean = aggregation in ("mean", "sum")
-        # partial sums never exceed the samples folded so far, so vote_dtype(N) holds them exactly (1 byte
-        # per parameter for N ≤ 127); per-fold sign sums are formed in int32 and then narrowed
-        self.votes = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
-        self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()} if self.mean else None
-        self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
+        if self.mean:
+            self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()}
+            self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
+        else:
+            self.sign_sums = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
+            self.voters = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
         self.scratch = Scratch()
 
     def dense(self, name: str, per_sample: torch.Tensor, where: str = "") -> None:
         """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``.
 
-        Majority votes never form the signs as a tensor: per coordinate they count the samples whose
-        gradient is above the noise limit and those below minus it (two comparisons, summed over the samples
-        in ``vote_dtype``), so the c × numel data are streamed four times (max, min, above, below) into
-        reused buffers.
+        Majority votes: each sample's row goes through ``hardshrink`` at its noise limit (0 at or below it,
+        exactly the noise rule), then ``sign_``, then into int8, and the int8 signs and their absolute values
+        are summed over the samples. Every pass is a vectorised kernel into a reused buffer; comparisons into
+        bool masks would be scalar loops, slower on CPU. Tensors under ``ROW_CALL_MIN_ELEMENTS`` (biases,
+        norms) drop the noise with one masked product instead of a call per sample.
         """
         count = per_sample.shape[0]
         flat = per_sample.reshape(count, -1)
         limit = noise_limits(flat)
         if not bool(torch.isfinite(limit).all()):
             raise NonFiniteError(f"{where + ': ' if where else ''}gradient of {name!r} has NaN/inf.")
-        evidence = self.evidence[name].view(-1)
         if self.mean:
             kept = _without_noise(flat, limit)
-            evidence |= (kept != 0).any(0)
+            self.evidence[name].view(-1).logical_or_((kept != 0).any(0))
             self.sums[name].view(-1).add_(kept.sum(0))
             return
         take = self.scratch.take
-        above = torch.gt(flat, limit, out=take("above", flat.shape, torch.bool, flat.device))
-        below = torch.lt(flat, limit.neg(), out=take("below", flat.shape, torch.bool, flat.device))
-        # bool storage read as 0/1 bytes: summing int8 is several times faster than summing bool
-        above, below = above.view(torch.int8), below.view(torch.int8)
-        if count == 1:  # one sample: the masks are its votes
-            up, down = above[0], below[0]
+        signs = take("signs", flat.shape, flat.dtype, flat.device)
+        if flat.shape[1] >= ROW_CALL_MIN_ELEMENTS:
+            for row, out, row_limit in zip(flat, signs, limit.view(-1).tolist()):
+                torch.hardshrink(row, row_limit, out=out)  # |g| ≤ limit → 0
         else:
-            up = torch.sum(above, 0, dtype=self.dtype, out=take("up", flat.shape[1:], self.dtype, flat.device))
-            down = torch.sum(below, 0, dtype=self.dtype, out=take("down", flat.shape[1:], self.dtype, flat.device))
-        evidence.logical_or_(up).logical_or_(down)
-        self.votes[name].view(-1).sub_(up).add_(down)
+            torch.mul(flat, flat.abs() > limit, out=signs)
+        small = take("signs_int8", flat.shape, torch.int8, flat.device).copy_(signs.sign_())
+        self._add_over_samples(self.sign_sums[name], small)
+        self._add_over_samples(self.voters[name], small.abs_())
+
+    def _add_over_samples(self, counter: torch.Tensor, values: torch.Tensor) -> None:
+        """counter += Σ over the c samples of ``values`` [c, numel] (int8), summed in ``vote_dtype``."""
+        if values.shape[0] == 1:
+            counter.view(-1).add_(values[0])
+        else:
+            counter.view(-1).add_(torch.sum(values, 0, dtype=self.dtype,
+                                            out=self.scratch.take("sum", values.shape[1:], self.dtype, values.device)))
 
     def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
         """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
@@ -132,26 +144,30 @@ class VoteFold:
         scale = torch.zeros(int(samples.max()) + 1 if len(samples) else 0, device=magnitude.device)
         scale = scale.scatter_reduce_(0, samples, magnitude, "amax")
         limit = (NOISE_FLOOR * scale[samples]).view(-1, *([1] * (per_sample_rows.dim() - 1)))
-        per_sample_rows = torch.where(per_sample_rows.abs() <= limit, torch.zeros_like(per_sample_rows), per_sample_rows)
-        unique, inverse = torch.unique(row_ids, return_inverse=True)
-        width = per_sample_rows.shape[1:]
-        device = per_sample_rows.device
-        touched = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
-        touched.index_add_(0, inverse, (per_sample_rows != 0).int())
-        self.evidence[name][unique] |= touched > 0
         if self.mean:
+            per_sample_rows = _without_noise(per_sample_rows, limit)
+            unique, inverse = torch.unique(row_ids, return_inverse=True)
+            touched = torch.zeros((len(unique), *per_sample_rows.shape[1:]), dtype=torch.int32,
+                                  device=per_sample_rows.device)
+            touched.index_add_(0, inverse, (per_sample_rows != 0).int())
+            self.evidence[name][unique] |= touched > 0
             self.sums[name].index_add_(0, row_ids, per_sample_rows)
-        else:
-            signs = torch.zeros((len(unique), *width), dtype=torch.int32, device=device)
-            signs.index_add_(0, inverse, torch.sign(per_sample_rows).int())
-            self.votes[name][unique] -= signs.to(self.dtype)
+            return
+        signs = torch.sign(_without_noise(per_sample_rows, limit)).to(self.dtype)
+        self.sign_sums[name].index_add_(0, row_ids, signs)  # duplicate row ids (other samples) accumulate
+        self.voters[name].index_add_(0, row_ids, signs.abs_())
 
     def result(self) -> tuple[dict, dict]:
-        if self.aggregation == "sum":  # one process's shard of a distributed "mean" vote
-            votes = {n: s.cpu() for n, s in self.sums.items()}
-        elif self.mean:
-            votes = {n: torch.sign(-s).to(self.dtype).cpu() for n, s in self.sums.items()}
+        """(votes, evidence of the tensors where some coordinate got no vote). Call once: a majority vote's
+        counters become its votes in place (tensor by tensor, so all votes never exist twice)."""
+        if self.mean:
+            sign = (lambda s: s) if self.aggregation == "sum" else (lambda s: torch.sign(-s).to(self.dtype))
+            votes = {n: sign(s).cpu() for n, s in self.sums.items()}  # "sum": one process's shard of a mean vote
+            evidence = {n: ev.cpu() for n, ev in self.evidence.items()}
         else:
-            votes = {n: v.to(self.dtype).cpu() for n, v in self.votes.items()}
-        partial = {n: ev.cpu() for n, ev in self.evidence.items() if not bool(ev.all())}
+            votes, evidence = {}, {}
+            for n in list(self.sign_sums):
+                evidence[n] = self.voters.pop(n).ne(0).cpu()
+                votes[n] = self.sign_sums.pop(n).neg_().cpu()
+        partial = {n: ev for n, ev in evidence.items() if not bool(ev.all())}
         return votes, partial
