@@ -51,9 +51,11 @@ def test_batched_engine_agrees_with_per_sample_loop(trios, kind):
     prepared = prepare(recipe)
     names = prepared.plan.transported
     model = load_base_model(prepared.plan)
+    details: dict = {}
     fast = compute_votes_batched(model, prepared.objective, prepared.examples, names, micro_batch_size=4,
-                                 progress=False)
+                                 progress=False, details=details)
     assert {v.dtype for v in fast[0].values()} == {torch.int8}
+    assert details["exact_fallback"] == []  # no parameter needs the one-sample loop
     lengths = {int(e["input_ids"].shape[1]) for e in prepared.examples}
     assert len(lengths) > 1  # the micro-batches really are padded
     grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
@@ -226,15 +228,19 @@ def test_t5_relative_position_bias_is_voted_per_sample_without_the_loop(trios):
         assert (fast[0][name] != 0).any()
 
 
+@pytest.mark.parametrize("piece", [None, 1000])  # 1000: every chunk folded in pieces of 1000 values
 @pytest.mark.parametrize("width", [9, 9363])  # 7 × 9363 ≥ ROW_CALL_MIN_ELEMENTS: the per-row hardshrink path
 @pytest.mark.parametrize("n_samples", [1, 5, 200])
-def test_fold_counts_are_the_signs_of_the_noise_dropped_gradients(n_samples, width):
+def test_fold_counts_are_the_signs_of_the_noise_dropped_gradients(n_samples, width, piece, monkeypatch):
     """The fold drops noise per sample row (hardshrink) or with a mask (small tensors) and keeps int8 sign
     sums and voter counts; its votes and evidence must equal −Σ sign(drop_noise(g)) and "any non-noise entry",
     for one sample, several (int8 sums) and more than 127 (int16 votes), with exact zeros and entries at the
-    limit."""
+    limit; whole or in pieces (the noise limit is still the whole tensor's)."""
+    from gradfix_hf.votes import fold as fold_module
     from gradfix_hf.votes.fold import ROW_CALL_MIN_ELEMENTS, VoteFold
 
+    if piece:
+        monkeypatch.setattr(fold_module, "FOLD_PIECE", piece)
     assert (7 * width >= ROW_CALL_MIN_ELEMENTS) == (width > 9)
     generator = torch.Generator().manual_seed(n_samples)
     param = nn.Parameter(torch.zeros(7, width))

@@ -18,13 +18,20 @@ AGGREGATIONS = ("majority", "mean")
 MODES = AGGREGATIONS + ("sum",)
 NOISE_FLOOR = 2.0 ** -20  # |g| ≤ NOISE_FLOOR · max|g| (per sample, per tensor) is rounding noise: no vote
 ROW_CALL_MIN_ELEMENTS = 1 << 16  # the fold drops a tensor's noise per sample row from this size up
+FOLD_PIECE = 1 << 20  # values folded per pass (c samples × columns): the sign buffers stay in cache
 
 
 def noise_limits(flat: torch.Tensor) -> torch.Tensor:
     """[c, 1]: NOISE_FLOOR × each sample's largest |g| in the tensor (``flat`` is [c, numel]). A NaN or inf
     anywhere in a sample's gradient propagates into its limit. (max(amax, −amin) is two vectorised reductions
     without a temporary: several times faster on CPU than ``abs().amax()`` or an inf-norm.)"""
-    return (NOISE_FLOOR * torch.maximum(flat.amax(1), flat.amin(1).neg())).unsqueeze(1)
+    return limits_from_extremes(flat.amax(1), flat.amin(1))
+
+
+def limits_from_extremes(largest: torch.Tensor, smallest: torch.Tensor) -> torch.Tensor:
+    """[c, 1] noise limits from each sample's largest and smallest gradient entry ([c] each), for a tensor
+    whose per-sample gradients were reduced in parts."""
+    return (NOISE_FLOOR * torch.maximum(largest, smallest.neg())).unsqueeze(1)
 
 
 def drop_noise(per_sample: torch.Tensor) -> torch.Tensor:
@@ -109,31 +116,47 @@ class VoteFold:
         """
         count = per_sample.shape[0]
         flat = per_sample.reshape(count, -1)
-        limit = noise_limits(flat)
+        limit = self.checked_limits(name, noise_limits(flat), where)
+        self.dense_columns(name, flat, limit)
+
+    def checked_limits(self, name: str, limit: torch.Tensor, where: str = "") -> torch.Tensor:
+        """``limit`` ([c, 1], from :func:`noise_limits`), after checking that no gradient had a NaN or inf."""
         if not bool(torch.isfinite(limit).all()):
             raise NonFiniteError(f"{where + ': ' if where else ''}gradient of {name!r} has NaN/inf.")
-        if self.mean:
-            kept = _without_noise(flat, limit)
-            self.evidence[name].view(-1).logical_or_((kept != 0).any(0))
-            self.sums[name].view(-1).add_(kept.sum(0))
-            return
-        take = self.scratch.take
-        signs = take("signs", flat.shape, flat.dtype, flat.device)
-        if flat.shape[1] >= ROW_CALL_MIN_ELEMENTS:
-            for row, out, row_limit in zip(flat, signs, limit.view(-1).tolist()):
-                torch.hardshrink(row, row_limit, out=out)  # |g| ≤ limit → 0
-        else:
-            torch.mul(flat, flat.abs() > limit, out=signs)
-        small = take("signs_int8", flat.shape, torch.int8, flat.device).copy_(signs.sign_())
-        self._add_over_samples(self.sign_sums[name], small)
-        self._add_over_samples(self.voters[name], small.abs_())
+        return limit
+
+    def dense_columns(self, name: str, flat: torch.Tensor, limit: torch.Tensor, start: int = 0) -> None:
+        """Fold ``flat`` [c, w]: c samples' gradients of the flattened parameter's entries [start, start + w),
+        at the samples' noise limits [c, 1] (taken over the whole tensor). More than ``FOLD_PIECE`` values are
+        folded in pieces of that size, so the sign buffers stay in cache."""
+        count, width = flat.shape
+        step = width if count * width <= FOLD_PIECE else max(1, FOLD_PIECE // count)
+        per_row = width >= ROW_CALL_MIN_ELEMENTS
+        for lo in range(0, width, step):
+            piece = flat[:, lo:lo + step]
+            columns = slice(start + lo, start + lo + piece.shape[1])
+            if self.mean:
+                kept = _without_noise(piece, limit)
+                self.evidence[name].view(-1)[columns].logical_or_((kept != 0).any(0))
+                self.sums[name].view(-1)[columns].add_(kept.sum(0))
+                continue
+            take = self.scratch.take
+            signs = take("signs", piece.shape, piece.dtype, piece.device)
+            if per_row:
+                for row, out, row_limit in zip(piece, signs, limit.view(-1).tolist()):
+                    torch.hardshrink(row, row_limit, out=out)  # |g| ≤ limit → 0
+            else:
+                torch.mul(piece, piece.abs() > limit, out=signs)
+            small = take("signs_int8", piece.shape, torch.int8, piece.device).copy_(signs.sign_())
+            self._add_over_samples(self.sign_sums[name].view(-1)[columns], small)
+            self._add_over_samples(self.voters[name].view(-1)[columns], small.abs_())
 
     def _add_over_samples(self, counter: torch.Tensor, values: torch.Tensor) -> None:
         """counter += Σ over the c samples of ``values`` [c, numel] (int8), summed in ``vote_dtype``."""
         if values.shape[0] == 1:
-            counter.view(-1).add_(values[0])
+            counter.add_(values[0])
         else:
-            counter.view(-1).add_(torch.sum(values, 0, dtype=self.dtype,
+            counter.add_(torch.sum(values, 0, dtype=self.dtype,
                                             out=self.scratch.take("sum", values.shape[1:], self.dtype, values.device)))
 
     def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
