@@ -335,8 +335,12 @@ def _module_by_id(owners, mid):
 
 @torch.no_grad()
 def _probe(model, objective, examples, recorder, owners) -> tuple[dict, list[str]]:
-    """Classify every hooked module call: per-sample ('batched'), once per batch ('broadcast') or neither."""
-    sizes = [b for b in (2, 3) if b <= len(examples)] or [len(examples)]
+    """Classify every hooked module call: per-sample ('batched'), once per batch ('broadcast') or neither.
+
+    Two no-grad forwards, of 1 and 2 samples (3 samples' work: about a tenth of a micro-batch of 32): a call
+    is 'batched' if its leading dimension follows the batch (1, then 2), 'broadcast' if it stays 1, and
+    anything else (e.g. a constant leading dimension of 2) cannot match both sizes."""
+    sizes = [b for b in (1, 2) if b <= len(examples)]
     seen: list[dict] = []
     for size in sizes:
         recorder.calls.clear()
