@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError
-from .fold import VoteFold, voted_parameters
+from .fold import FOLD_PIECE, VoteFold, limits_from_extremes, voted_parameters
 from .reference_engine import fold_one_at_a_time
 
 try:  # GPT-2 style Conv1D (weight stored as [in, out])
@@ -47,6 +47,7 @@ try:  # GPT-2 style Conv1D (weight stored as [in, out])
 except ImportError:  # pragma: no cover
     Conv1D = ()
 
+LOW_RANK = 4  # a large weight reached through at most this many positions per sample is folded in row blocks
 CHUNK_ELEMENTS = 1 << 20  # per-sample gradients materialised at once (at least one sample): ~4 MB of fp32;
 # with the fold's float and int8 sign buffers (~9 MB) it stays in cache while the fold re-reads it
 
@@ -61,16 +62,12 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
     call's constant keyword arguments, for the torch.func path; ``out(shape)``: a reusable buffer for the
     weight gradients of linear layers)."""
     b = x.shape[0]
-    if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D)):
-        conv1d = not isinstance(module, nn.Linear)  # GPT-2's Conv1D stores its weight as [in, out]
-        n_in, n_out = (module.weight.shape[0], module.nf) if conv1d else (module.in_features, module.out_features)
-        gf = _flat(g, b, n_out)[rows]
+    if _is_linear(module):
         if pname == "bias":
-            return gf.sum(1)
-        gf, xf = _active_positions(gf, _flat(x, b, n_in)[rows].to(gf.dtype))
-        left, right = (xf, gf) if conv1d else (gf, xf)
-        shape = (gf.shape[0], left.shape[2], right.shape[2])
-        return torch.bmm(left.transpose(1, 2), right, out=out(shape) if out else None)
+            return _flat(g, b, g.shape[-1])[rows].sum(1)
+        left, right = _linear_operands(module, x, g, rows)
+        shape = (left.shape[0], left.shape[1], right.shape[2])
+        return torch.bmm(left, right, out=out(shape) if out else None)
     if isinstance(module, nn.LayerNorm):
         shape = module.normalized_shape
         gf = g.reshape(b, -1, *shape)[rows]
@@ -91,6 +88,23 @@ def _per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
         grad = torch.einsum("bol,bil->boi", gf.flatten(2), cols)
         return grad.reshape(gf.shape[0], *module.weight.shape)
     return _functional_per_sample(module, pname, x[rows], g[rows], options)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or bool(Conv1D and isinstance(module, Conv1D))
+
+
+def _linear_operands(module: nn.Module, x: torch.Tensor, g: torch.Tensor, rows: slice
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left [c, weight rows, K], right [c, K, weight columns]) with left @ right = the per-sample weight
+    gradients Σ_t δ_t ⊗ a_t of samples ``rows``, over their K active positions."""
+    b = x.shape[0]
+    conv1d = not isinstance(module, nn.Linear)  # GPT-2's Conv1D stores its weight as [in, out]
+    n_in, n_out = (module.weight.shape[0], module.nf) if conv1d else (module.in_features, module.out_features)
+    gf = _flat(g, b, n_out)[rows]
+    gf, xf = _active_positions(gf, _flat(x, b, n_in)[rows].to(gf.dtype))
+    left, right = (xf, gf) if conv1d else (gf, xf)
+    return left.transpose(1, 2), right
 
 
 def _active_positions(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,6 +461,8 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
     ordered = sorted(factors, key=lambda f: isinstance(f[0], nn.Embedding))
     for lo in range(0, batch, step):
         rows = slice(lo, min(batch, lo + step))
+        if numel > CHUNK_ELEMENTS and _fold_low_rank_in_row_blocks(name, ordered, rows, fold):
+            continue
         total = None
         for module, pname, x, grad, options in ordered:
             if total is not None and isinstance(module, nn.Embedding):
@@ -458,6 +474,59 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
             part = _per_sample(module, pname, x, grad, rows, options, out)
             total = part.float() if total is None else total.add_(part)
         fold.dense(name, total)
+
+
+def _fold_low_rank_in_row_blocks(name: str, ordered: list, rows: slice, fold: VoteFold) -> bool:
+    """Fold one sample's gradient of a large weight that linear layers reach through at most ``LOW_RANK``
+    active positions (an LM head: the scored tokens), plus a tied embedding's rows, without materialising it.
+
+    The gradient is formed in blocks of weight rows that stay in cache, twice: once for the sample's largest
+    and smallest entry (its noise limit), once to fold each block at that limit. Forming a rank-K block
+    costs K multiply-adds per entry, less than writing the whole tensor (150 MB for GPT-2's) to memory and
+    streaming it back for each pass of the fold. False (nothing folded) when the uses do not qualify.
+    """
+    outer, lookups = [], []
+    for module, pname, x, grad, _ in ordered:
+        if isinstance(module, nn.Embedding):
+            ids = x[rows].reshape(-1)
+            g = grad[rows].reshape(-1, module.embedding_dim).float()
+            if module.padding_idx is not None:
+                keep = ids != module.padding_idx
+                ids, g = ids[keep], g[keep]
+            lookups.append((ids, g))
+        elif _is_linear(module) and pname == "weight" and grad.dtype == torch.float32:
+            left, right = _linear_operands(module, x, grad, rows)
+            if left.shape[2] > LOW_RANK:
+                return False
+            outer.append((left, right))
+        else:
+            return False
+    if not outer:
+        return False
+    n_rows, width = outer[0][0].shape[1], outer[0][1].shape[2]
+    step = max(1, FOLD_PIECE // width)
+
+    def block(r0: int) -> torch.Tensor:
+        r1 = min(n_rows, r0 + step)
+        out = fold.scratch.take("per_sample", (1, r1 - r0, width), torch.float32, outer[0][0].device)
+        torch.bmm(outer[0][0][:, r0:r1], outer[0][1], out=out)
+        for left, right in outer[1:]:
+            out.baddbmm_(left[:, r0:r1], right)
+        for ids, g in lookups:
+            inside = (ids >= r0) & (ids < r1)
+            out[0].index_add_(0, ids[inside] - r0, g[inside])
+        return out.view(1, -1)
+
+    largest = smallest = None
+    for r0 in range(0, n_rows, step):
+        values = block(r0)
+        high, low = values.amax(1), values.amin(1)
+        largest = high if largest is None else torch.maximum(largest, high)
+        smallest = low if smallest is None else torch.minimum(smallest, low)
+    limit = fold.checked_limits(name, limits_from_extremes(largest, smallest))
+    for r0 in range(0, n_rows, step):
+        fold.dense_columns(name, block(r0), limit, start=r0 * width)
+    return True
 
 
 def _add_embedding_rows(total: torch.Tensor, module: nn.Embedding, x: torch.Tensor, g: torch.Tensor,
