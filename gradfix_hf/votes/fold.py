@@ -112,7 +112,8 @@ class VoteFold:
         exactly the noise rule), then ``sign_``, then into int8, and the int8 signs and their absolute values
         are summed over the samples. Every pass is a vectorised kernel into a reused buffer; comparisons into
         bool masks would be scalar loops, slower on CPU. Tensors under ``ROW_CALL_MIN_ELEMENTS`` (biases,
-        norms) drop the noise with one masked product instead of a call per sample.
+        norms), and every tensor off the CPU, drop the noise with one masked product instead of a call per
+        sample.
         """
         count = per_sample.shape[0]
         flat = per_sample.reshape(count, -1)
@@ -131,7 +132,9 @@ class VoteFold:
         folded in pieces of that size, so the sign buffers stay in cache."""
         count, width = flat.shape
         step = width if count * width <= FOLD_PIECE else max(1, FOLD_PIECE // count)
-        per_row = width >= ROW_CALL_MIN_ELEMENTS
+        # per-row hardshrink is for CPUs, where comparisons into bool masks are scalar loops; on a GPU they are
+        # not, and per-row calls would add kernel launches and a host sync for the limits
+        per_row = width >= ROW_CALL_MIN_ELEMENTS and flat.device.type == "cpu"
         for lo in range(0, width, step):
             piece = flat[:, lo:lo + step]
             columns = slice(start + lo, start + lo + piece.shape[1])
@@ -157,7 +160,7 @@ class VoteFold:
             counter.add_(values[0])
         else:
             counter.add_(torch.sum(values, 0, dtype=self.dtype,
-                                            out=self.scratch.take("sum", values.shape[1:], self.dtype, values.device)))
+                                   out=self.scratch.take("sum", values.shape[1:], self.dtype, values.device)))
 
     def rows(self, name: str, row_ids: torch.Tensor, per_sample_rows: torch.Tensor, samples: torch.Tensor) -> None:
         """Sparse update: ``per_sample_rows[k]`` is sample ``samples[k]``'s gradient of row ``row_ids[k]``."""
