@@ -26,7 +26,8 @@ Why hooks rather than Opacus or ``torch.func`` on the whole model: Opacus materi
 every parameter of the batch at once (B copies of the gradient, which GradFix must never hold) and does not
 sum tied weights' contributions per sample; ``vmap`` over a whole Hugging Face model fails on data-dependent
 Python control flow in their forward passes. Hooks keep at most one chunk of one layer's per-sample gradients
-alive (CHUNK_ELEMENTS values, or one sample of a larger tensor), in a buffer reused from chunk to chunk.
+alive (CHUNK_ELEMENTS values, or one sample of a larger tensor), in a buffer reused from chunk to chunk; a
+large weight reached through a few positions (an LM head) is formed and folded in blocks of rows instead.
 """
 from __future__ import annotations
 
