@@ -81,14 +81,13 @@ def test_large_low_rank_weights_fold_in_row_blocks(trios, kind, monkeypatch):
     monkeypatch.setattr(batched_engine, "FOLD_PIECE", 700)  # rows per block: 700 // width
     monkeypatch.setattr(fold, "FOLD_PIECE", 700)
     blocked = []
-    real = batched_engine._fold_low_rank_in_row_blocks
+    real = batched_engine._fold_in_row_blocks
 
     def spy(name, ordered, rows, vote_fold):
-        done = real(name, ordered, rows, vote_fold)
-        blocked.extend([name] if done else [])
-        return done
+        blocked.append(name)
+        return real(name, ordered, rows, vote_fold)
 
-    monkeypatch.setattr(batched_engine, "_fold_low_rank_in_row_blocks", spy)
+    monkeypatch.setattr(batched_engine, "_fold_in_row_blocks", spy)
     fast = compute_votes_batched(load_base_model(prepared.plan), prepared.objective, prepared.examples, names,
                                  micro_batch_size=4, progress=False)
     head = "shared.weight" if kind == "t5" else "transformer.wte.weight"

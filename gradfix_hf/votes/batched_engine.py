@@ -119,12 +119,18 @@ def _active_positions(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, t
     positions = g.shape[1]
     if positions <= 2:
         return g, x
-    active = g.amax(-1).ne(0) | g.amin(-1).ne(0)  # two vectorised reductions: faster than ne(0).any(-1)
+    active = _active(g)
     keep = int(active.sum(1).max())
     if keep > positions // 2:
         return g, x
     order = torch.argsort(active.to(torch.uint8), dim=1, descending=True, stable=True)[:, :keep].unsqueeze(-1)
     return g.gather(1, order.expand(-1, -1, g.shape[2])), x.gather(1, order.expand(-1, -1, x.shape[2]))
+
+
+def _active(g: torch.Tensor) -> torch.Tensor:
+    """[c, T] bool: the positions of ``g`` [c, T, ·] whose output gradient is not exactly 0 (two vectorised
+    reductions: faster than ``ne(0).any(-1)``)."""
+    return g.amax(-1).ne(0) | g.amin(-1).ne(0)
 
 
 def _functional_per_sample(module: nn.Module, pname: str, x: torch.Tensor, g: torch.Tensor,
@@ -460,9 +466,11 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
     # dense uses first; an embedding's sparse rows are then added in place (a tied LM head never materialises
     # a second dense [c, vocab, dim] tensor per chunk)
     ordered = sorted(factors, key=lambda f: isinstance(f[0], nn.Embedding))
+    in_row_blocks = numel > CHUNK_ELEMENTS and _low_rank_uses(ordered)
     for lo in range(0, batch, step):
         rows = slice(lo, min(batch, lo + step))
-        if numel > CHUNK_ELEMENTS and _fold_low_rank_in_row_blocks(name, ordered, rows, fold):
+        if in_row_blocks:
+            _fold_in_row_blocks(name, ordered, rows, fold)
             continue
         total = None
         for module, pname, x, grad, options in ordered:
@@ -477,14 +485,30 @@ def _fold_factors(name: str, factors: list, fold: VoteFold) -> None:
         fold.dense(name, total)
 
 
-def _fold_low_rank_in_row_blocks(name: str, ordered: list, rows: slice, fold: VoteFold) -> bool:
-    """Fold one sample's gradient of a large weight that linear layers reach through at most ``LOW_RANK``
-    active positions (an LM head: the scored tokens), plus a tied embedding's rows, without materialising it.
+def _low_rank_uses(ordered: list) -> bool:
+    """Whether a parameter's uses in this micro-batch are fp32 linear weights that every sample reaches through
+    at most ``LOW_RANK`` positions (an LM head: the scored tokens), plus any embedding lookups (tied rows)."""
+    linear = False
+    for module, pname, x, grad, _ in ordered:
+        if isinstance(module, nn.Embedding):
+            continue
+        if not (_is_linear(module) and pname == "weight" and grad.dtype == torch.float32):
+            return False
+        g = _flat(grad, grad.shape[0], grad.shape[-1])
+        if g.shape[1] > LOW_RANK and int(_active(g).sum(1).max()) > LOW_RANK:
+            return False
+        linear = True
+    return linear
+
+
+def _fold_in_row_blocks(name: str, ordered: list, rows: slice, fold: VoteFold) -> None:
+    """Fold one sample's gradient of a large weight whose uses qualify for :func:`_low_rank_uses`, without
+    materialising it.
 
     The gradient is formed in blocks of weight rows that stay in cache, twice: once for the sample's largest
     and smallest entry (its noise limit), once to fold each block at that limit. Forming a rank-K block
     costs K multiply-adds per entry, less than writing the whole tensor (150 MB for GPT-2's) to memory and
-    streaming it back for each pass of the fold. False (nothing folded) when the uses do not qualify.
+    streaming it back for each pass of the fold.
     """
     outer, lookups = [], []
     for module, pname, x, grad, _ in ordered:
@@ -495,15 +519,8 @@ def _fold_low_rank_in_row_blocks(name: str, ordered: list, rows: slice, fold: Vo
                 keep = ids != module.padding_idx
                 ids, g = ids[keep], g[keep]
             lookups.append((ids, g))
-        elif _is_linear(module) and pname == "weight" and grad.dtype == torch.float32:
-            left, right = _linear_operands(module, x, grad, rows)
-            if left.shape[2] > LOW_RANK:
-                return False
-            outer.append((left, right))
         else:
-            return False
-    if not outer:
-        return False
+            outer.append(_linear_operands(module, x, grad, rows))
     n_rows, width = outer[0][0].shape[1], outer[0][1].shape[2]
     step = max(1, FOLD_PIECE // width)
 
@@ -527,7 +544,6 @@ def _fold_low_rank_in_row_blocks(name: str, ordered: list, rows: slice, fold: Vo
     limit = fold.checked_limits(name, limits_from_extremes(largest, smallest))
     for r0 in range(0, n_rows, step):
         fold.dense_columns(name, block(r0), limit, start=r0 * width)
-    return True
 
 
 def _add_embedding_rows(total: torch.Tensor, module: nn.Embedding, x: torch.Tensor, g: torch.Tensor,

@@ -54,7 +54,7 @@ def _without_noise(flat: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
 class Scratch:
     """Named buffers reused from fold to fold. On CPU a large tensor written into fresh memory pays a page fault
     per 4 KiB page (a 64 MB per-sample gradient is written about 3× slower than into memory already touched), so
-    the per-sample gradients and the comparison masks of a fold go into buffers kept for the next one."""
+    the per-sample gradients and the sign buffers of a fold go into buffers kept for the next one."""
 
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
@@ -135,6 +135,7 @@ class VoteFold:
         # per-row hardshrink is for CPUs, where comparisons into bool masks are scalar loops; on a GPU they are
         # not, and per-row calls would add kernel launches and a host sync for the limits
         per_row = width >= ROW_CALL_MIN_ELEMENTS and flat.device.type == "cpu"
+        row_limits = limit.view(-1).tolist() if per_row else None
         for lo in range(0, width, step):
             piece = flat[:, lo:lo + step]
             columns = slice(start + lo, start + lo + piece.shape[1])
@@ -146,7 +147,7 @@ class VoteFold:
             take = self.scratch.take
             signs = take("signs", piece.shape, piece.dtype, piece.device)
             if per_row:
-                for row, out, row_limit in zip(piece, signs, limit.view(-1).tolist()):
+                for row, out, row_limit in zip(piece, signs, row_limits):
                     torch.hardshrink(row, row_limit, out=out)  # |g| ≤ limit → 0
             else:
                 torch.mul(piece, piece.abs() > limit, out=signs)
