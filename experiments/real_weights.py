@@ -40,7 +40,7 @@ import offline_corpora as corpora  # noqa: E402
 from training import finetune_classifier, pretrain_mlm  # noqa: E402
 
 PAIRS = ("sre", "continued", "independent")
-#: GradFix variants scored from the same vote (keys as gradfix_hf.auto names them)
+#: GradFix variants scored from the same vote (keys as gradfix_hf.recipe.candidate_key names them)
 DEFAULT_CANDIDATES = [{"mask": "gradfix"}, {"mask": "gradfix", "no_evidence": "keep"},
                       {"mask": "gradfix", "no_evidence": "scale", "no_evidence_scale": 0.5},
                       {"mask": "gradfix", "min_margin": 0.25}, {"mask": "margin"}]
@@ -159,7 +159,7 @@ def word_embedding_taus(pair: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def vote_record(votes, taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """How much of the vote is tie or no evidence, overall and on the word embeddings, and how much of the word
     embeddings' τ_A GradFix keeps against the sign oracle (the numbers behind the no-evidence policy)."""
-    from gradfix_hf.merge.masks import sign_agreement_mask
+    from gradfix_hf.methods.masks import sign_agreement_mask
 
     overall = votes.overall_statistics()
     record = {"vote_zero_fraction": overall["tie"] + overall["no_evidence"],
@@ -178,8 +178,8 @@ def vote_record(votes, taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
 def few_shot_runs(recipe: dict, settings: list[tuple[int, float]]) -> dict[str, dict]:
     """θ_B fine-tuned on the vote samples for each (steps, lr), scored on validation and test."""
     from gradfix_hf import prepare
-    from gradfix_hf.few_shot import few_shot_finetune
-    from gradfix_hf.merge.streaming import load_base_model
+    from gradfix_hf.transport import few_shot_finetune
+    from gradfix_hf.plan import load_base_model
     from gradfix_hf.metrics import score_model
     from gradfix_hf.recipe import Recipe
     from gradfix_hf.transport import evaluation_metrics
@@ -202,7 +202,7 @@ def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, se
             taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Every method at one (N, seed): the vote once, then the sweep over the candidates and α."""
     from gradfix_hf import prepare, sweep
-    from gradfix_hf.auto import choose
+    from gradfix_hf.transport import choose
     from gradfix_hf.recipe import Recipe
     from gradfix_hf.transport import recipe_votes
 

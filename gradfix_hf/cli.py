@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .allocator import reuse_from_environment
 from .errors import GradFixError
+from .runtime import launched_rank, reuse_from_environment
 from .version import __version__
 
 EPILOG = "Recipes are YAML files; see recipes/ and docs/recipes.md. Paper: https://arxiv.org/abs/2510.09658"
@@ -139,7 +139,6 @@ def format_evaluation(evaluation: Optional[dict]) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .transport import run_recipe
-    from .votes.distributed import launched_rank
 
     recipe = _load_recipe(args)
     if args.private and not args.push_to_hub:
@@ -183,7 +182,7 @@ def _print_push(folder: Path, commit) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .output_folder import push_output_folder
+    from .transport import push_output_folder
 
     folder = Path(args.output)
     if not folder.is_dir():
@@ -195,8 +194,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_votes(args: argparse.Namespace) -> int:
+    from .runtime import on_main_process, process_context
     from .transport import compute_recipe_votes, prepare
-    from .votes.distributed import on_main_process, process_context
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -222,8 +221,8 @@ def _cmd_votes(args: argparse.Namespace) -> int:
 
 def inspect_path(path: Path, top: int = 10) -> dict:
     """A summary of a votes file or an output folder (what ``gradfix inspect`` prints)."""
-    from .output_folder import read_report
-    from .votes import VotesFile
+    from .storage import VotesFile
+    from .transport import read_report
 
     if path.is_dir():
         report = read_report(path)
@@ -235,8 +234,8 @@ def inspect_path(path: Path, top: int = 10) -> dict:
     stats = {name: votes.statistics(name) for name in votes.votes}
     ordered = sorted(stats.items(), key=lambda kv: -kv[1]["no_evidence"])[:top]
     return {"kind": "votes", "path": str(path), "metadata": votes.metadata, "tensors": len(votes.votes),
-            "coordinates": sum(v.numel() for v in votes.votes.values()), "overall": votes.overall_statistics(), "dtype": str(next(iter(votes.votes.values())).dtype),
-            "most_no_evidence": dict(ordered)}
+            "coordinates": sum(v.numel() for v in votes.votes.values()), "overall": votes.overall_statistics(),
+            "dtype": str(next(iter(votes.votes.values())).dtype), "most_no_evidence": dict(ordered)}
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -262,7 +261,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  method  {summary['method']}")
         print(f"  kept    {summary['totals']['kept_fraction']:.4f} of {summary['totals']['transported_coordinates']}")
         if summary["drift"]:
-            from .merge.drift import drift_table
+            from .merge import drift_table
 
             print(drift_table(summary["drift"]))
         print(format_evaluation(summary["evaluation"]))
@@ -306,7 +305,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def describe_methods() -> dict:
     """The registry as plain data (what ``gradfix methods`` prints)."""
-    from .merge import MASK_VARIANTS, registered_methods
+    from .methods import MASK_VARIANTS, registered_methods
 
     return {"mask_variants": list(MASK_VARIANTS), "methods": {
         name: {"pretty_name": m.pretty_name, "description": m.description,
@@ -352,14 +351,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except GradFixError as exc:
-        from .votes.distributed import launched_rank
-
         if launched_rank() == 0:  # under a launcher every process fails alike; the main one says why
             print(f"gradfix: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if args.command in ("run", "votes"):
-            from .votes.distributed import close_process_group
+            from .runtime import close_process_group
 
             close_process_group()
 

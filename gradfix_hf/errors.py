@@ -1,9 +1,13 @@
 """Exceptions raised by gradfix_hf.
 
 Every error names the thing that is wrong (model, file, tensor or recipe field) and why, and is raised
-before long work starts. All derive from :class:`GradFixError` so callers can catch one type.
+before long work starts. All derive from :class:`GradFixError` so callers can catch one type. A misspelt
+name gets the closest valid one (:func:`did_you_mean`).
 """
 from __future__ import annotations
+
+import difflib
+from typing import Iterable
 
 
 class GradFixError(Exception):
@@ -32,3 +36,9 @@ class VotesFileError(GradFixError):
 
 class NonFiniteError(GradFixError):
     """NaN or inf found in weights or gradients."""
+
+
+def did_you_mean(value: object, choices: Iterable[object]) -> str:
+    """`` Did you mean 'x'?`` for the closest valid choice (difflib, cutoff 0.5), or "" when none is close."""
+    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""

@@ -21,16 +21,15 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .auto import candidate_jobs, choose
 from .errors import GradFixError, RecipeError
-from .few_shot import few_shot_baseline
-from .merge.streaming import MergeJob, iter_deltas, load_base_model
+from .merge import MergeJob
 from .metrics import score_model
+from .plan import load_base_model
 from .recipe import Recipe
-from .transport import as_recipe, comparison_jobs, evaluation_metrics, oracle_jobs, prepare, recipe_votes
+from .transport import (alpha_grid, as_recipe, candidate_jobs, choose, comparison_jobs, evaluation_metrics,
+                        few_shot_baseline, oracle_jobs, prepare, recipe_votes, score_jobs)
 
 logger = logging.getLogger("gradfix_hf")
-DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 def require_matplotlib() -> tuple[Any, Any]:
@@ -118,11 +117,6 @@ class SweepResult:
         return path
 
 
-def _set_alpha(params: dict, tensors: dict, alpha: float) -> None:
-    with torch.no_grad():
-        for name, (target, delta) in tensors.items():
-            params[name].copy_(target + alpha * delta)
-
 
 def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[list[float]] = None,
           votes: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
@@ -175,48 +169,6 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
         logger.warning(message)
     return result
 
-
-def score_jobs(prepared, model: torch.nn.Module, jobs: list, grid: list[float], metrics, *, test: bool = True,
-               progress: bool = False) -> tuple[dict[str, dict], list[str]]:
-    """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α,
-    ties → the smallest α) and, when ``test`` and a test split exist, at its best α on the test split.
-    ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the grid-edge warnings."""
-    params = dict(model.named_parameters())
-    objective, validation = prepared.objective, prepared.eval_samples
-    test_samples = prepared.test_samples if test else None
-    entries: dict[str, dict] = {}
-    warnings: list[str] = []
-    for key, label, variant in jobs:
-        tensors = {name: (target, delta) for name, target, delta in iter_deltas(variant, progress=progress)}
-        scores = {}
-        for alpha in grid:
-            _set_alpha(params, tensors, alpha)
-            scores[alpha] = score_model(objective, model, validation, metrics)
-        primary = next(iter(scores[grid[0]]))
-        best = max(grid, key=lambda a: (scores[a][primary], -a))  # ties: the smallest α
-        entry: dict[str, Any] = {"label": label, "validation": {str(a): s[primary] for a, s in scores.items()},
-                                 "validation_scores": {str(a): s for a, s in scores.items()},
-                                 "best_alpha": best, "best_validation": scores[best][primary],
-                                 "best_validation_scores": scores[best]}
-        if test_samples is not None:
-            _set_alpha(params, tensors, best)
-            entry["test_scores"] = score_model(objective, model, test_samples, metrics)
-            entry["test"] = entry["test_scores"][primary]
-        if len(grid) > 1 and best in (grid[0], grid[-1]):
-            side = "smallest" if best == grid[0] else "largest"
-            warnings.append(f"{label}: the best α ({best:g}) is the grid's {side} value; the optimum may lie "
-                            "outside it (extend evaluation.alphas / --alphas).")
-        entries[key] = entry
-        _set_alpha(params, tensors, 0.0)  # back to θ_B for the next job
-    return entries, warnings
-
-
-def alpha_grid(recipe: Recipe, alphas: Optional[list[float]] = None) -> list[float]:
-    """The α grid: ``alphas``, else ``evaluation.alphas``, else 0.1, 0.2, …, 1.0 (sorted, each > 0)."""
-    grid = sorted(set(alphas or (recipe.evaluation.alphas if recipe.evaluation else None) or DEFAULT_ALPHAS))
-    if any(not a > 0 for a in grid):
-        raise RecipeError(f"alphas: every α must be > 0, got {grid}.")
-    return grid
 
 
 def _with_primary(entry: dict, primary: str) -> dict:

@@ -13,8 +13,8 @@ import torch
 
 from gradfix_hf import Recipe, compute_recipe_votes, prepare
 from gradfix_hf.errors import GradFixError
-from gradfix_hf.votes.distributed import (close_process_group, distributed_votes, on_main_process, process_context,
-                                          reference_vote_engine, shard_indices)
+from gradfix_hf.runtime import close_process_group, on_main_process, process_context, shard_indices
+from gradfix_hf.votes.distributed import distributed_votes, reference_vote_engine
 
 
 def linear_problem(n_samples, nan_at=None):

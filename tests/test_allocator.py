@@ -7,7 +7,7 @@ import pytest
 
 PROBE = """
 import json, resource, sys, torch
-from gradfix_hf.allocator import reuse_freed_memory, reuse_from_environment
+from gradfix_hf.runtime import reuse_freed_memory, reuse_from_environment
 took = reuse_freed_memory() if sys.argv[1] == "call" else reuse_from_environment()
 x = torch.empty(16 * 2**20).fill_(1.0)   # 64 MiB
 del x

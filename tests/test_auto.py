@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 
 from conftest import recipe_dict
 from gradfix_hf import Recipe, sweep, transport
-from gradfix_hf.auto import DEFAULT_CANDIDATES, candidate_key
+from gradfix_hf.recipe import DEFAULT_CANDIDATES, candidate_key
 from gradfix_hf.cli import main
 from gradfix_hf.errors import RecipeError
 
-transport_module = importlib.import_module("gradfix_hf.transport")
+transport_module = importlib.import_module("gradfix_hf.transport.recipe_votes")
 
 
 @pytest.fixture(scope="module")

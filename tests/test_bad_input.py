@@ -20,7 +20,7 @@ from gradfix_hf import Recipe, VotesFile, prepare, transport
 from gradfix_hf.cli import main
 from gradfix_hf.errors import (CompatibilityError, DataError, GradFixError, ModelResolutionError, NonFiniteError,
                                RecipeError, VotesFileError)
-from gradfix_hf.output_folder import atomic_folder
+from gradfix_hf.transport.output_folder import atomic_folder
 from gradfix_hf.votes import params_fingerprint
 
 QUERY = "encoder.layer.0.attention.self.query.weight"  # a body tensor as stored by BertModel

@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import recipe_dict, reference_grads
 from gradfix_hf import Recipe, prepare
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched, drop_noise
 
 

@@ -21,7 +21,7 @@ from gradfix_hf import Recipe, VotesFile, prepare
 from gradfix_hf.cli import main
 from gradfix_hf.data import fingerprint
 from gradfix_hf.errors import CompatibilityError, DataError, RecipeError
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.objectives import CLIPZeroShotObjective
 from gradfix_hf.objectives.clip_zero_shot import DEFAULT_TEMPLATES, TRANSPORTED_PREFIXES
 from gradfix_hf.recipe import DataConfig

@@ -22,7 +22,8 @@ from safetensors import safe_open
 from conftest import recipe_dict
 from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, run_recipe
 from gradfix_hf.votes import compute_votes, vote_dtype
-from gradfix_hf.votes.distributed import ProcessContext, launched_rank, process_context, reduce_votes, shard_indices
+from gradfix_hf.runtime import ProcessContext, launched_rank, process_context, shard_indices
+from gradfix_hf.votes.distributed import reduce_votes
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",

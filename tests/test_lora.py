@@ -22,7 +22,7 @@ from conftest import LABELS, fine_tune, recipe_dict
 from gradfix_hf import prepare, transport
 from gradfix_hf.cli import main
 from gradfix_hf.errors import CompatibilityError, GradFixError, ModelResolutionError, RecipeError
-from gradfix_hf.lora.export import truncated_svd
+from gradfix_hf.merge.lora_export import truncated_svd
 from gradfix_hf.quickstart.toy import sentiment_rows
 from gradfix_hf.recipe import Recipe
 
@@ -151,7 +151,7 @@ def test_adapter_as_source_equals_merged_full_finetune(lora, kind, adapter, mask
 
 def test_reader_tensors_equal_the_peft_merge(lora):
     """The adapter reader's θ_A^ft, tensor by tensor, against peft's merge_and_unload (plain LoRA + lora_bias)."""
-    from gradfix_hf.compatibility import SOURCE_FT
+    from gradfix_hf.plan import SOURCE_FT
 
     raw = recipe_dict("bert", lora["bert"])
     raw["models"]["source_finetuned"] = str(lora["plain"]["adapter"])

@@ -1,7 +1,7 @@
 """Mask semantics on small hand-made tensors: m = 1{sign(τ_A) = ŝ}, ties and τ = 0 keep nothing."""
 import torch
 
-from gradfix_hf.merge import keep_mask, sign_agreement_mask, transported
+from gradfix_hf.methods import keep_mask, sign_agreement_mask, transported
 
 TAU = torch.tensor([0.5, -0.2, 0.3, 0.0, -0.7, 0.1])
 

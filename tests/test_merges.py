@@ -19,7 +19,7 @@ from gradfix_hf.votes import VotesFile
 from conftest import fine_tune, recipe_dict
 from gradfix_hf.quickstart.toy import sentiment_rows
 
-transport_module = importlib.import_module("gradfix_hf.transport")  # the package exports a function of that name
+transport_module = importlib.import_module("gradfix_hf.transport.recipe_votes")  # the package exports a function of that name
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from gradfix_hf.errors import RecipeError
-from gradfix_hf.merge.masks import MASK_VARIANTS, masked_task_vector, tensor_generator
-from gradfix_hf.merge.methods import GlobalTrim, TensorInputs, get, registered_methods, ties_merge, trim_per_tensor
-from gradfix_hf.merge.methods.merge_then_mask import consensus_signs
+from gradfix_hf.methods.masks import MASK_VARIANTS, masked_task_vector, tensor_generator
+from gradfix_hf.methods import GlobalTrim, TensorInputs, get, registered_methods, ties_merge, trim_per_tensor
+from gradfix_hf.methods.merge_then_mask import consensus_signs
 from gradfix_hf.recipe import MethodConfig
 
 TAU = torch.tensor([0.5, -0.2, 0.3, 0.0, -0.4, 0.1])

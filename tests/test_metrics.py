@@ -4,11 +4,12 @@ import socket
 
 import pytest
 import torch
+import yaml
 
 from conftest import recipe_dict
 from gradfix_hf import Recipe, prepare
 from gradfix_hf.errors import RecipeError
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.metrics import (BUILTIN_METRICS, METRICS_DIR, MetricSet, collect_predictions, load_metric,
                                 metric_source, score_model)
 
@@ -40,20 +41,32 @@ def test_builtin_metrics_load_from_the_package_with_the_hub_unreachable(no_netwo
     assert set(result) == {name} and 0.0 <= result[name] <= 1.0
 
 
-def test_a_hub_metric_that_cannot_be_loaded_is_a_clear_error(no_network):
+def test_a_hub_metric_that_cannot_be_loaded_is_a_clear_error_before_any_model_is_read(no_network):
+    recipe = Recipe.from_dict({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
+                               "data": {"path": "d.jsonl"}, "evaluation": {"metrics": ["accuracy", "precision"]}})
+    assert recipe.evaluation.metrics == ("accuracy", "precision")  # reading a recipe loads nothing
     with pytest.raises(RecipeError, match=r"evaluation\.metrics: cannot load metric 'precision'.*accuracy, f1, "
                                           r"exact_match.*needs network"):
-        Recipe.from_dict({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
-                          "data": {"path": "d.jsonl"}, "evaluation": {"metrics": ["accuracy", "precision"]}})
+        prepare(recipe)  # the models "t", "s", "f" do not exist: the metric is checked first
 
 
 @pytest.mark.parametrize("metrics,message", [
     ([], "a non-empty list of metric names"), ([1], "a non-empty list of metric names"),
-    (["f1", "f1"], "'f1' is listed twice"), (["no_such_metric_xyz"], "cannot load metric 'no_such_metric_xyz'")])
+    (["f1", "f1"], "'f1' is listed twice")])
 def test_bad_metric_lists_are_rejected_when_the_recipe_is_read(metrics, message):
     with pytest.raises(RecipeError, match=message):
         Recipe.from_dict({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
                           "data": {"path": "d.jsonl"}, "evaluation": {"metrics": metrics}})
+
+
+def test_a_metric_that_cannot_be_loaded_fails_the_dry_run(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
+                                      "data": {"path": "d.jsonl"}, "evaluation": {"metrics": ["no_such_metric_xyz"]}}))
+    from gradfix_hf.cli import main
+
+    assert main(["run", str(recipe), "--dry-run"]) == 2
+    assert "evaluation.metrics: cannot load metric 'no_such_metric_xyz'" in capsys.readouterr().err
 
 
 def test_recipe_metrics_default_and_round_trip():

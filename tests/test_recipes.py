@@ -11,7 +11,7 @@ import yaml
 
 from gradfix_hf import Recipe
 from gradfix_hf.cli import main
-from gradfix_hf.output_folder import read_report
+from gradfix_hf.transport.output_folder import read_report
 
 from conftest import fine_tune
 from gradfix_hf.quickstart.toy import sentiment_rows
@@ -80,7 +80,7 @@ def _strings(node) -> list[str]:
 
 
 def test_every_method_has_a_recipe():
-    from gradfix_hf.merge import registered_methods
+    from gradfix_hf.methods import registered_methods
 
     used = {yaml.safe_load(p.read_text())["method"]["name"] for p in RECIPES}
     assert used == set(registered_methods())

@@ -17,11 +17,11 @@ from gradfix_hf import Recipe, prepare, transport
 from gradfix_hf.cli import main
 from gradfix_hf.data import fingerprint, select_per_class
 from gradfix_hf.errors import DataError, RecipeError
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.objectives import SequenceClassificationObjective
-from gradfix_hf.output_folder import RECIPE_NAME
+from gradfix_hf.transport.output_folder import RECIPE_NAME
 from gradfix_hf.recipe import DataConfig
-from gradfix_hf.selection import (ALGORITHMS, embed_rows, herding, k_center, k_medoids, k_medoids_cost,
+from gradfix_hf.data.selection import (ALGORITHMS, embed_rows, herding, k_center, k_medoids, k_medoids_cost,
                                   pairwise_distances)
 
 # --------------------------------------------------------------------------- the algorithms

@@ -11,12 +11,12 @@ from conftest import recipe_dict
 from gradfix_hf import Recipe, prepare, sweep, transport
 from gradfix_hf.cli import main
 from gradfix_hf.errors import GradFixError, RecipeError
-from gradfix_hf.few_shot import few_shot_finetune
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.transport import few_shot_finetune
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.metrics import MetricSet, score_model
 from gradfix_hf.sweep import require_matplotlib
 
-transport_module = importlib.import_module("gradfix_hf.transport")
+transport_module = importlib.import_module("gradfix_hf.transport.recipe_votes")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from conftest import recipe_dict
 from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, transport
-from gradfix_hf.merge.streaming import MergeJob, apply_in_memory, load_base_model
+from gradfix_hf.merge.streaming import MergeJob, apply_in_memory
+from gradfix_hf.plan import load_base_model
 
 
 def _weights(folder):
@@ -100,7 +101,7 @@ def test_folder_equals_in_memory_application(trios, bert_votes, tmp_path):
     """The streamed folder and the in-memory application (used for held-out scores) give the same model."""
     trio = trios("bert")
     recipe = Recipe.from_dict(recipe_dict("bert", trio))
-    result = recipe.run(tmp_path / "out", votes=bert_votes, progress=False)
+    result = transport(recipe, tmp_path / "out", votes=bert_votes, progress=False)
     prepared = prepare(recipe)
     model = load_base_model(prepared.plan)
     apply_in_memory(model, MergeJob.single(prepared.plan, VotesFile.load(bert_votes), "gradfix", 0.5))

@@ -20,9 +20,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 from conftest import recipe_dict
 from gradfix_hf import Recipe
 from gradfix_hf.cli import main
-from gradfix_hf.compatibility import TARGET
+from gradfix_hf.plan import TARGET
 from gradfix_hf.errors import DataError, NonFiniteError
-from gradfix_hf.merge.streaming import load_base_model
+from gradfix_hf.plan import load_base_model
 from gradfix_hf.transport import compute_recipe_votes, prepare
 from gradfix_hf.votes import VotesFile, compute_votes, params_fingerprint
 from gradfix_hf.version import __version__

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gradfix_hf.merge.writer import ShardedSafetensorsWriter
+from gradfix_hf.storage import ShardedSafetensorsWriter
 
 
 def tensors():

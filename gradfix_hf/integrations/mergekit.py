@@ -24,10 +24,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..errors import CompatibilityError, GradFixError, RecipeError, VotesFileError
-from ..recipe import read_yaml_mapping
-from ..merge.methods import MergeMethod, TensorInputs
-from ..merge.methods import registered_methods as gradfix_registry
+from ..errors import CompatibilityError, GradFixError, RecipeError, VotesFileError, did_you_mean
+from ..hub import looks_local, resolve_model
+from ..methods import MergeMethod, TensorInputs
+from ..methods import registered_methods as gradfix_registry
+from ..recipe import ModelRef, read_yaml_mapping
+from ..storage import CheckpointReader, VotesFile, align_names, check_finite
 
 logger = logging.getLogger("gradfix_hf")
 INSTALL_HINT = 'pip install "gradfix_hf[mergekit]"'
@@ -136,12 +138,8 @@ class _Source:
     """θ_A of one fine-tune: its reader and the name conventions used to line it up with mergekit's names."""
 
     def __init__(self, reference: str):
-        from ..checkpoint import CheckpointReader
-        from ..hub import _looks_local, resolve_model
-        from ..recipe import ModelRef
-
         path, revision = reference, None
-        if not _looks_local(reference) and "@" in reference:
+        if not looks_local(reference) and "@" in reference:
             path, revision = reference.rsplit("@", 1)
         self.reference = reference
         self.model = resolve_model(ModelRef(path=path, revision=revision), role=f"source {reference}")
@@ -151,8 +149,6 @@ class _Source:
         self.tied = _tied(config)
 
     def key(self, name: str, names: "_Names") -> Optional[str]:
-        from ..checkpoint import align_names
-
         aliases = list(names.aliases) + (list(names.tied) if self.tied else [])
         return align_names(self.reader, [name], self.prefix, {name: aliases}).get(name)
 
@@ -215,8 +211,6 @@ def _stamp(reference: str) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _votes(path: str, stamp: tuple):
-    from ..votes import VotesFile
-
     return VotesFile.load(path)
 
 
@@ -267,8 +261,6 @@ def weight_names(base: Any, name: str) -> "_Names":
 
 
 def _vote_key(votes, name: str, prefix: str, names: _Names) -> Optional[str]:
-    from ..checkpoint import align_names
-
     return align_names(votes.votes, [name], prefix, {name: names.for_votes()}).get(name)  # type: ignore[arg-type]
 
 
@@ -374,8 +366,6 @@ def _method_class():
             self.spec = _spec(method)
 
         def merge_group(self, group, /, **parameters: Any) -> torch.Tensor:
-            from ..checkpoint import check_finite
-
             fine_tunes = group.non_base
             for entry in group.entries:
                 check_finite(entry.tensor, f"{entry.id} tensor {group.metadata.name!r}")
@@ -427,8 +417,7 @@ def _raw_config(config: Any) -> dict:
 
 
 def _unknown(key: str, valid: Sequence[str], where: str, method: str) -> RecipeError:
-    hint = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    extra = f" Did you mean {hint[0]!r}?" if hint else f" Valid: {', '.join(valid)}."
+    extra = did_you_mean(key, valid) or f" Valid: {', '.join(valid)}."
     return RecipeError(f"{where}: unknown parameter {key!r} for merge_method {method!r} (mergekit would ignore "
                        f"it).{extra}")
 
@@ -507,10 +496,7 @@ def check_config(config: Any) -> Optional[str]:
 
 
 def _check_local_source(source: str, where: str) -> None:
-    from ..hub import _looks_local, resolve_model
-    from ..recipe import ModelRef
-
-    if _looks_local(source):
+    if looks_local(source):
         resolve_model(ModelRef(path=source), role=f"{where}.parameters.source")
 
 

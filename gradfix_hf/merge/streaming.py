@@ -18,11 +18,10 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..compatibility import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
-from ..votes.votes_file import VotesFile
+from ..methods import GlobalTrim, MergeMethod, TensorInputs, get
+from ..plan import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
+from ..storage import ShardedSafetensorsWriter, VotesFile
 from .drift import drift_norms, sign_agreement, tensor_drift
-from .methods import GlobalTrim, MergeMethod, TensorInputs, get
-from .writer import ShardedSafetensorsWriter
 
 
 @dataclass
@@ -227,21 +226,3 @@ def apply_in_memory(model: torch.nn.Module, job: MergeJob) -> dict:
         params[name].copy_(tensor)
         per_tensor[name] = stats
     return per_tensor
-
-
-def load_base_model(plan: TransportPlan) -> torch.nn.Module:
-    """θ_B in fp32 as the task model, with tensors absent from θ_B (a new head) taken from θ_A^ft."""
-    model = plan.layout.model_class.from_config(plan.layout.config)
-    model.float()
-    state = {}
-    for name in plan.layout.shapes:
-        role = SOURCE_FT if name in plan.copied_from_finetune else TARGET
-        state[name] = plan.raw_tensor(role, name)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {alias for aliases in plan.layout.aliases.values() for alias in aliases}
-    left = [m for m in missing if m not in tied]
-    if left or unexpected:
-        raise RuntimeError(f"internal: could not load θ_B into {type(model).__name__}: missing {left[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-    model.tie_weights()
-    return model.eval()

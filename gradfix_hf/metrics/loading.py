@@ -1,4 +1,4 @@
-"""Which metrics a recipe may name, and loading them through `evaluate` without the Hub for the built-in ones.
+"""Which metrics ship with the package, and loading them through `evaluate` without the Hub for the built-in ones.
 
 ``evaluate.load("accuracy")`` fetches the metric's script from the Hub and fails offline, so the metrics the
 package needs (``accuracy``, ``f1``, ``exact_match``) ship as `evaluate` metric modules in this folder and are
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import RecipeError
 
@@ -37,18 +37,9 @@ def load_metric(name: str, where: str = "evaluation.metrics") -> Any:
             "network, or a local path to its folder/script).") from None
 
 
-def check_metric_names(names: Any, where: str = "evaluation.metrics") -> tuple[str, ...]:
-    """A non-empty tuple of distinct metric names; names other than the built-in ones are loaded now, so that a
-    metric that cannot be loaded fails when the recipe is read, not after the votes."""
-    if isinstance(names, str):
-        names = [names]
-    if (not isinstance(names, (list, tuple)) or not names
-            or any(not isinstance(n, str) or not n.strip() for n in names)):
-        raise RecipeError(f"{where}: a non-empty list of metric names (e.g. [accuracy, f1]), got {names!r}.")
-    names = tuple(n.strip() for n in names)
+def check_available(names: Sequence[str], where: str = "evaluation.metrics") -> None:
+    """Load every metric other than the built-in ones now, so that a metric that cannot be loaded fails when a
+    run is prepared, not after the votes (the names' form is checked when the recipe is read)."""
     for name in names:
-        if names.count(name) > 1:
-            raise RecipeError(f"{where}: {name!r} is listed twice.")
         if name not in BUILTIN_METRICS:
             load_metric(name, where)
-    return names

@@ -12,14 +12,14 @@ and works in ``pipeline("zero-shot-image-classification", ...)``.
 """
 from __future__ import annotations
 
-import string
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import CompatibilityError, DataError
+from ..plan import TARGET, TransportPlan
 from .base import LabelSpace, Objective, verbalised_label_space
 
 #: the parameters this objective votes and transports (names in ``CLIPModel``); everything else is θ_B's
@@ -28,20 +28,6 @@ TRANSPORTED_PREFIXES = ("vision_model.", "visual_projection.")
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.")
 TEXT_WEIGHT_PREFIXES = ("text_model.", "text_projection.")
-
-
-def template_error(template: object) -> Optional[str]:
-    """Why ``template`` is not a usable prompt template (one ``{}`` or ``{label}`` placeholder), or None."""
-    if not isinstance(template, str):
-        return f"{template!r} is not a string"
-    try:
-        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:  # an unmatched brace
-        return f"{template!r} cannot be formatted ({exc})"
-    if fields not in ([""], ["label"]):
-        found = ", ".join("{" + f + "}" for f in fields) or "none"
-        return f"{template!r} needs exactly one placeholder, {{}} or {{label}} (found: {found})"
-    return None
 
 
 def fill(template: str, name: str) -> str:
@@ -162,11 +148,9 @@ def load_image_processor(folder: Path, name: str):
             f"θ_B's own. ({str(exc).splitlines()[0]})") from None
 
 
-def text_tower(plan) -> torch.nn.Module:
+def text_tower(plan: TransportPlan) -> torch.nn.Module:
     """θ_B's text tower and text projection alone (fp32, eval mode), read tensor by tensor from its checkpoint."""
     from transformers import CLIPTextModelWithProjection
-
-    from ..compatibility import TARGET
 
     config = plan.layout.config
     model = CLIPTextModelWithProjection(config.text_config)

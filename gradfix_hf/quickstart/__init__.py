@@ -4,23 +4,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+import yaml
+
+from ..recipe import Recipe
+from ..transport import TransportResult, transport
 from .toy import build_quickstart_assets, word_tokenizer
 
 RECIPE_PATH = Path(__file__).with_name("recipe.yaml")
 DEFAULT_FOLDER = "./gradfix-quickstart/"
 
 
-def quickstart_recipe(workdir: Union[str, Path]):
+def quickstart_recipe(workdir: Union[str, Path]) -> Recipe:
     """The packaged quickstart recipe with its paths pointing into ``workdir``."""
-    import yaml
-
-    from ..recipe import Recipe
-
     text = RECIPE_PATH.read_text().replace(DEFAULT_FOLDER, f"{Path(workdir).resolve()}/")
     return Recipe.from_dict(yaml.safe_load(text))
 
 
-def run_quickstart(workdir: Union[str, Path] = "gradfix-quickstart", *, progress: bool = True):
+def run_quickstart(workdir: Union[str, Path] = "gradfix-quickstart", *, progress: bool = True) -> TransportResult:
     """Build the tiny models once (kept in ``workdir``) and run the quickstart recipe; returns the result."""
     workdir = Path(workdir)
     marker = workdir / ".built"
@@ -28,7 +28,7 @@ def run_quickstart(workdir: Union[str, Path] = "gradfix-quickstart", *, progress
         build_quickstart_assets(workdir)
         marker.write_text("ok\n")
     recipe = quickstart_recipe(workdir)
-    return recipe.run(overwrite=True, progress=progress)
+    return transport(recipe, overwrite=True, progress=progress)
 
 
 __all__ = ["RECIPE_PATH", "build_quickstart_assets", "quickstart_recipe", "run_quickstart", "word_tokenizer"]

@@ -256,7 +256,8 @@ class _Recorder:
             h.remove()
 
     def _forward(self, module, args, kwargs, output):
-        if not self.enabled or not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+        traceable = args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor)
+        if not self.enabled or not traceable:
             if self.mode == "probe" and self.enabled:
                 self.calls[module].append(("untraceable",))
             return None

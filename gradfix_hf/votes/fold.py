@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import NonFiniteError
-from .votes_file import vote_dtype
+from ..storage import vote_dtype
 
 AGGREGATIONS = ("majority", "mean")
 # "sum" is for several processes (votes.distributed): the float Σ_n g_n per parameter instead of votes

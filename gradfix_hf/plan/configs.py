@@ -1,0 +1,89 @@
+"""Configs and tokenizers of θ_A, θ_A^ft, θ_B (and θ_B^ft) checked against each other: one architecture, one
+vocabulary with the same token ids; LoRA adapters bound to their bases; the task config of the output."""
+from __future__ import annotations
+
+from typing import Optional
+
+import transformers
+
+from ..errors import CompatibilityError
+from ..hub import ResolvedModel
+from ..lora import adapter_model_config, bind_base, bound_base
+from .roles import ADAPTER_BASES, SOURCE, SOURCE_FT, TARGET
+
+HEAD_CONFIG_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
+
+
+def load_config(model: ResolvedModel, trust_remote_code: bool = False) -> transformers.PretrainedConfig:
+    """The model's ``config.json``; a LoRA adapter stands for its base's config with the adapter's label set."""
+    if model.is_adapter:
+        base_config = load_config(bound_base(model), trust_remote_code)
+        return adapter_model_config(model, base_config, HEAD_CONFIG_FIELDS, trust_remote_code)
+    try:
+        return transformers.AutoConfig.from_pretrained(str(model.local_dir), trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError) as exc:
+        raise CompatibilityError(f"{model.role}: cannot read config.json of {model.name}: {exc}") from None
+
+
+def bind_adapters(models: dict[str, ResolvedModel]) -> None:
+    """Give every LoRA adapter among ``models`` its base model (θ_A for θ_A^ft); an adapter where a pre-trained
+    model is expected is an error."""
+    for role, model in models.items():
+        if not model.is_adapter:
+            continue
+        if role not in ADAPTER_BASES:
+            raise CompatibilityError(f"{role} ({model.name}) is a LoRA adapter, not a full model: an adapter is a "
+                                     f"fine-tune; give it as {SOURCE_FT} with its base model as {SOURCE}.")
+        bind_base(model, models[ADAPTER_BASES[role]])
+
+
+def task_config(target_config, finetuned_config, objective_name: str):
+    """θ_B's config, carrying the fine-tune's label set when the task has a classification head."""
+    config = target_config.__class__.from_dict(target_config.to_dict())
+    if objective_name == "sequence-classification":
+        for name in HEAD_CONFIG_FIELDS:
+            if getattr(finetuned_config, name, None) is not None:
+                setattr(config, name, getattr(finetuned_config, name))
+    return config
+
+
+def _vocab_size(config) -> Optional[int]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
+def check_configs(configs: dict[str, transformers.PretrainedConfig], names: dict[str, str]) -> None:
+    """Same model_type and vocabulary size for every model."""
+    target_type = configs[TARGET].model_type
+    for role, config in configs.items():
+        if config.model_type != target_type:
+            raise CompatibilityError(f"{role} ({names[role]}) has model_type {config.model_type!r} but {TARGET} "
+                                     f"({names[TARGET]}) has {target_type!r}: GradFix needs one architecture.")
+    target_vocab = _vocab_size(configs[TARGET])
+    for role, config in configs.items():
+        if _vocab_size(config) != target_vocab:
+            raise CompatibilityError(f"{role} ({names[role]}) has vocabulary size {_vocab_size(config)} but "
+                                     f"{TARGET} ({names[TARGET]}) has {target_vocab}: token ids would not line up.")
+
+
+def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> None:
+    """Token ids must mean the same tokens in every model that ships a tokenizer."""
+    reference_role = TARGET if tokenizers.get(TARGET) is not None else None
+    if reference_role is None:
+        return
+    reference = tokenizers[reference_role].get_vocab()
+    for role, tok in tokenizers.items():
+        if tok is None or role == reference_role:
+            continue
+        vocab = tok.get_vocab()
+        if vocab != reference:
+            examples = []
+            for token in sorted(set(vocab) | set(reference)):
+                if vocab.get(token) != reference.get(token):
+                    examples.append(f"{token!r} is id {vocab.get(token)} in {role} but "
+                                    f"{reference.get(token)} in {TARGET}")
+                if len(examples) == 3:
+                    break
+            raise CompatibilityError(f"{role} ({names[role]}): its tokenizer vocabulary differs from {TARGET}'s "
+                                     f"({names[TARGET]}; {len(vocab)} vs {len(reference)} tokens; e.g. "
+                                     + "; ".join(examples) + "): token ids would not mean the same tokens.")

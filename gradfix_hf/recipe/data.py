@@ -1,0 +1,156 @@
+"""The ``data`` and ``evaluation`` sections: where the labelled samples come from, how many vote, how they are
+chosen, and which held-out splits and metrics score the result."""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from ..errors import RecipeError
+from .validation import check_choice
+
+#: the ``data.selection`` values; ``random`` needs no embeddings (the algorithms: gradfix_hf/data/selection.py)
+SELECTIONS = ("random", "herding", "k-medoids", "k-center")
+#: other accepted spellings: the paper and the issue call the k-center coreset "coreset"
+SELECTION_ALIASES = {"coreset": "k-center"}
+
+
+def canonical_selection(name: Any, where: str = "data.selection") -> str:
+    """The selection method's canonical name (``coreset`` → ``k-center``), or a RecipeError with the closest."""
+    name = SELECTION_ALIASES.get(name, name) if isinstance(name, str) else name
+    check_choice(name, SELECTIONS, where)
+    return name
+
+
+def template_error(template: object) -> Optional[str]:
+    """Why ``template`` is not a usable prompt template (one ``{}`` or ``{label}`` placeholder), or None."""
+    if not isinstance(template, str):
+        return f"{template!r} is not a string"
+    try:
+        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # an unmatched brace
+        return f"{template!r} cannot be formatted ({exc})"
+    if fields not in ([""], ["label"]):
+        found = ", ".join("{" + f + "}" for f in fields) or "none"
+        return f"{template!r} needs exactly one placeholder, {{}} or {{label}} (found: {found})"
+    return None
+
+
+def metric_names(names: Any, where: str = "evaluation.metrics") -> tuple[str, ...]:
+    """A non-empty tuple of distinct metric names (whether each can be loaded is checked when a run is prepared,
+    :func:`gradfix_hf.metrics.check_available`)."""
+    if isinstance(names, str):
+        names = [names]
+    if (not isinstance(names, (list, tuple)) or not names
+            or any(not isinstance(n, str) or not n.strip() for n in names)):
+        raise RecipeError(f"{where}: a non-empty list of metric names (e.g. [accuracy, f1]), got {names!r}.")
+    names = tuple(n.strip() for n in names)
+    for name in names:
+        if names.count(name) > 1:
+            raise RecipeError(f"{where}: {name!r} is listed twice.")
+    return names
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The few labelled samples D_s: where they come from, which columns hold what, and how many per class.
+
+    ``selection`` chooses the K rows of a class: ``random`` (seeded, no model load) or, on θ_B's embeddings of
+    a seeded pool of at most ``selection_pool`` rows per class, ``herding``, ``k-medoids`` or ``k-center``.
+    """
+
+    path: str
+    name: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    samples_per_class: int = 8
+    seed: int = 0
+    selection: str = "random"
+    selection_pool: Optional[int] = 1000
+    prompt: str = "{text}"
+    label_words: Optional[dict] = None
+    max_length: int = 128
+    image_column: str = "image"  # image objectives (clip-zero-shot): an Image feature, or image file paths
+    templates: Optional[list] = None  # clip-zero-shot prompt templates, "{}" or "{label}" = the class name
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples_per_class, int) or self.samples_per_class < 1:
+            raise RecipeError(f"data.samples_per_class: must be a positive integer, got {self.samples_per_class!r}.")
+        object.__setattr__(self, "selection", canonical_selection(self.selection, "data.selection"))
+        pool = self.selection_pool
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < self.samples_per_class):
+            raise RecipeError(f"data.selection_pool: rows embedded per class, an integer >= data.samples_per_class "
+                              f"({self.samples_per_class}) or null for every row, got {pool!r}.")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise RecipeError(f"data.max_length: must be an integer >= 2, got {self.max_length!r}.")
+        if "{text}" not in self.prompt:
+            raise RecipeError(f"data.prompt: must contain '{{text}}', got {self.prompt!r}.")
+        if self.label_words is not None and not isinstance(self.label_words, Mapping):
+            raise RecipeError("data.label_words: must map each label to its verbalisation, e.g. {0: negative}.")
+        if self.templates is not None:
+            if isinstance(self.templates, str) or not isinstance(self.templates, (list, tuple)) or not self.templates:
+                raise RecipeError(f"data.templates: a non-empty list of prompt templates, got {self.templates!r}.")
+            for template in self.templates:
+                if template_error(template):
+                    raise RecipeError(f"data.templates: {template_error(template)}, e.g. 'a photo of a {{}}.'.")
+            object.__setattr__(self, "templates", list(self.templates))
+        if not isinstance(self.image_column, str) or not self.image_column:
+            raise RecipeError(f"data.image_column: the name of the image column, got {self.image_column!r}.")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """A held-out split scored for θ_B, naive θ_B + α·τ_A and the result. Fields default to ``data``'s.
+
+    ``gradfix sweep`` picks α on ``split`` (the validation split) over ``alphas`` and reports the chosen α on
+    ``test_split`` (from ``test_path`` or the same data set), never choosing on the test split.
+
+    ``metrics`` are `evaluate` metrics (``accuracy``, ``f1`` and ``exact_match`` ship with the package and load
+    offline; other names are loaded from the Hub when the run is prepared); the first one picks α. The few-shot
+    fine-tuning baseline (θ_B trained on the vote samples, :mod:`gradfix_hf.few_shot`) runs
+    ``few_shot_steps`` AdamW steps (0: no baseline) at ``few_shot_lr`` on batches of ``few_shot_batch_size``
+    (default: all vote samples in one batch).
+    """
+
+    split: str = "validation"
+    path: Optional[str] = None
+    name: Optional[str] = None
+    revision: Optional[str] = None
+    max_samples: Optional[int] = None
+    test_split: Optional[str] = None
+    test_path: Optional[str] = None
+    alphas: Optional[list] = None
+    metrics: tuple = ("accuracy", "f1")
+    few_shot_steps: int = 1
+    few_shot_lr: float = 1e-5
+    few_shot_batch_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", metric_names(self.metrics, "evaluation.metrics"))
+        for key, low in (("few_shot_steps", 0), ("few_shot_batch_size", 1)):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise RecipeError(f"evaluation.{key}: an integer >= {low}, got {value!r}.")
+        if self.few_shot_steps is None:
+            raise RecipeError("evaluation.few_shot_steps: an integer >= 0 (0 disables the few-shot baseline).")
+        lr = self.few_shot_lr
+        if isinstance(lr, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                lr = float(lr)
+            except ValueError:
+                pass
+            object.__setattr__(self, "few_shot_lr", lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise RecipeError(f"evaluation.few_shot_lr: a positive number, got {lr!r}.")
+        if self.alphas is not None:
+            if (not isinstance(self.alphas, (list, tuple)) or not self.alphas
+                    or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 or a != a
+                           or a == float("inf") for a in self.alphas)):
+                raise RecipeError(f"evaluation.alphas: a non-empty list of positive numbers, got {self.alphas!r}.")
+            object.__setattr__(self, "alphas", sorted({float(a) for a in self.alphas}))
+        if self.test_path is not None and self.test_split is None:
+            object.__setattr__(self, "test_split", "test")
+

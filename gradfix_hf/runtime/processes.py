@@ -1,0 +1,152 @@
+"""Where this process stands among the processes a launcher started (``accelerate launch``, ``torchrun``, MPI).
+
+:func:`process_context` asks ``accelerate.PartialState`` (which creates the process group under a launcher:
+NCCL on GPUs, gloo on CPUs) for this process's rank, world size and device; :class:`ProcessContext` offers the
+few collectives the stages need; :func:`on_main_process` runs work (writing a file, embedding a pool) on the
+main process and shares its outcome, so a failure there never leaves the others waiting. Without a launcher
+this is rank 0 of 1 on the CPU and no process group is created.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import GradFixError
+
+logger = logging.getLogger("gradfix_hf")
+_RANK_VARIABLES = ["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"]
+_WORLD_VARIABLES = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
+_created_group = False
+
+
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """The contiguous block of sample indices of process ``rank`` among ``world`` (empty when rank ≥ n)."""
+    if world < 1 or not 0 <= rank < world or n < 0:
+        raise ValueError(f"need 0 <= rank < world and n >= 0, got n={n}, rank={rank}, world={world}")
+    q, extra = divmod(n, world)
+    start = rank * q + min(rank, extra)
+    return range(start, start + q + (1 if rank < extra else 0))
+
+
+def _first_int(names: Sequence[str], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def launched_rank() -> int:
+    """This process's rank as a launcher set it in the environment (0 without a launcher, or for one process)."""
+    return _first_int(_RANK_VARIABLES, 0) if _first_int(_WORLD_VARIABLES, 1) > 1 else 0
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class ProcessContext:
+    """Where this process stands: rank, world size, its device, and the few collectives stage 1 needs."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` over processes (on this process's device) and return the result on the CPU."""
+        if not self.distributed:
+            return tensor
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+        buffer = tensor.to(self.device, copy=True).contiguous()
+        torch.distributed.all_reduce(buffer, op=ops[op])
+        return buffer.cpu()
+
+    def all_gather_object(self, obj: Any) -> list:
+        if not self.distributed:
+            return [obj]
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The main process's ``obj`` on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def process_context() -> ProcessContext:
+    """The current process's context from ``accelerate.PartialState``.
+
+    Without a launcher this is rank 0 of 1 on the CPU, and no process group is created. Under a launcher,
+    PartialState creates the process group (NCCL on GPUs; gloo on CPUs, which is chosen when
+    ``ACCELERATE_USE_CPU`` is set or the machine has no accelerator).
+    """
+    global _created_group
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not _has_accelerator())
+    if not had_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+        _created_group = True
+    if state.num_processes <= 1:
+        launched = _first_int(_WORLD_VARIABLES, 1)
+        if launched > 1:
+            logger.warning("launched as one of %d processes, but accelerate's state is single-process (was an "
+                           "Accelerator or PartialState created earlier with cpu=False on a machine without "
+                           "GPUs?): this process computes the votes of every sample on its own.", launched)
+        return ProcessContext()
+    return ProcessContext(rank=state.process_index, world=state.num_processes, device=torch.device(state.device))
+
+
+def close_process_group() -> None:
+    """Destroy the process group if :func:`process_context` created one (at the end of a CLI command)."""
+    global _created_group
+    if _created_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _created_group = False
+
+
+def on_main_process(context: ProcessContext, work: Callable[[], Any]) -> Any:
+    """Run ``work`` on the main process only; the others wait for it and return None.
+
+    The outcome is shared: if ``work`` fails on the main process it re-raises there, and every other
+    process raises a :class:`GradFixError` saying so (instead of returning as if all went well).
+    """
+    if not context.distributed:
+        return work()
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except BaseException as exc:  # shared with the other processes, then re-raised
+            failure = exc
+    message = context.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise GradFixError(f"the main process failed: {message}")
+    return result

@@ -1,0 +1,123 @@
+"""Held-out scores of a prepared run: θ_B zero-shot, few-shot fine-tuning, naive θ_B + α·τ_A, the recipe's
+method and the oracle, with every metric of ``evaluation.metrics``; and the same jobs over an α grid.
+
+Scoring over a grid is stage 2 only: each job's delta is computed once, and every α just sets θ_B + α·delta in
+the loaded model (no gradient pass, no re-read of the checkpoints per α). ``method: auto`` (:mod:`.auto`) and
+``gradfix sweep`` choose α this way; the first metric picks it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ..errors import RecipeError
+from ..merge import MergeJob, apply_in_memory, iter_deltas
+from ..metrics import MetricSet, score_model
+from ..plan import TARGET_FT, load_base_model
+from ..recipe import Recipe, candidate_label
+from .few_shot import few_shot_baseline
+from .prepare import PreparedRun
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def evaluation_metrics(prepared: PreparedRun) -> MetricSet:
+    """The run's `evaluate` metrics (``evaluation.metrics``, the first picks α; plus exact match for seq2seq)."""
+    return MetricSet(prepared.recipe.evaluation.metrics, prepared.objective)
+
+
+def score_row(model_label: str, method: str, alpha: Optional[float], scores: dict) -> dict:
+    """One row of an evaluation table: ``score`` is the first metric (the one that picks α), ``scores`` all."""
+    return {"model": model_label, "method": method, "alpha": alpha, "score": next(iter(scores.values())),
+            "scores": scores}
+
+
+def comparison_jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str, MergeJob]]:
+    """(key, label, job) of what a held-out comparison scores besides zero-shot θ_B: naive θ_B + α·τ_A, the
+    recipe's method (unless it is the naive mask), and the oracle when θ_B^ft is given."""
+    mask = job.parameters.get("mask")
+    jobs = [("naive", "θ_B + α·τ_A (naive)", MergeJob.single(job.head, None, "naive", job.alpha))]
+    if job.method.name != "gradfix":
+        jobs.append((job.method.name, job.method.pretty_name, job))
+    elif mask != "naive":  # labelled with the parameters that differ from the defaults
+        defaults = job.method.validate({})
+        changed = {k: v for k, v in job.parameters.items() if k == "mask" or v != defaults[k]}
+        jobs.append((mask, candidate_label(changed), job))
+    if mask != "oracle":
+        jobs += oracle_jobs(prepared, job.alpha)
+    return jobs
+
+
+def oracle_jobs(prepared: PreparedRun, alpha: float = 1.0) -> list[tuple[str, str, MergeJob]]:
+    """The oracle reference (mask from the sign of τ_B) when θ_B^ft is given, else nothing."""
+    if TARGET_FT not in prepared.plan.readers:
+        return []
+    return [("oracle", "oracle (sign of τ_B)", MergeJob.single(prepared.plan, None, "oracle", alpha))]
+
+
+def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
+    """Held-out scores (every metric) of θ_B (zero-shot, with the copied head), the few-shot fine-tuning
+    baseline, naive θ_B + α·τ_A, the result and the oracle."""
+    model = load_base_model(prepared.plan)
+    objective, samples, metrics = prepared.objective, prepared.eval_samples, evaluation_metrics(prepared)
+    rows = [score_row("θ_B zero-shot", "zero-shot", None, score_model(objective, model, samples, metrics))]
+    few_shot = few_shot_baseline(prepared, model)
+    if few_shot is not None:
+        rows.append(score_row(few_shot[0], "few-shot", None, score_model(objective, few_shot[1], samples, metrics)))
+        del few_shot
+    for kind, label, variant in comparison_jobs(prepared, job):
+        apply_in_memory(model, variant)
+        rows.append(score_row(label, kind, variant.alpha, score_model(objective, model, samples, metrics)))
+    return {"metric": next(iter(rows[0]["scores"])), "metrics": list(rows[0]["scores"]), "split": samples.source,
+            "n_samples": len(samples), "rows": rows}
+
+
+def set_alpha(params: dict, tensors: dict, alpha: float) -> None:
+    """Parameters ``params[name]`` = θ_B + α·delta for every (θ_B tensor, delta) in ``tensors``."""
+    with torch.no_grad():
+        for name, (target, delta) in tensors.items():
+            params[name].copy_(target + alpha * delta)
+
+
+def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: list[float], metrics: MetricSet, *,
+               test: bool = True, progress: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α,
+    ties → the smallest α) and, when ``test`` and a test split exist, at its best α on the test split.
+    ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the grid-edge warnings."""
+    params = dict(model.named_parameters())
+    objective, validation = prepared.objective, prepared.eval_samples
+    test_samples = prepared.test_samples if test else None
+    entries: dict[str, dict] = {}
+    warnings: list[str] = []
+    for key, label, variant in jobs:
+        tensors = {name: (target, delta) for name, target, delta in iter_deltas(variant, progress=progress)}
+        scores = {}
+        for alpha in grid:
+            set_alpha(params, tensors, alpha)
+            scores[alpha] = score_model(objective, model, validation, metrics)
+        primary = next(iter(scores[grid[0]]))
+        best = max(grid, key=lambda a: (scores[a][primary], -a))  # ties: the smallest α
+        entry: dict[str, Any] = {"label": label, "validation": {str(a): s[primary] for a, s in scores.items()},
+                                 "validation_scores": {str(a): s for a, s in scores.items()},
+                                 "best_alpha": best, "best_validation": scores[best][primary],
+                                 "best_validation_scores": scores[best]}
+        if test_samples is not None:
+            set_alpha(params, tensors, best)
+            entry["test_scores"] = score_model(objective, model, test_samples, metrics)
+            entry["test"] = entry["test_scores"][primary]
+        if len(grid) > 1 and best in (grid[0], grid[-1]):
+            side = "smallest" if best == grid[0] else "largest"
+            warnings.append(f"{label}: the best α ({best:g}) is the grid's {side} value; the optimum may lie "
+                            "outside it (extend evaluation.alphas / --alphas).")
+        entries[key] = entry
+        set_alpha(params, tensors, 0.0)  # back to θ_B for the next job
+    return entries, warnings
+
+
+def alpha_grid(recipe: Recipe, alphas: Optional[list[float]] = None) -> list[float]:
+    """The α grid: ``alphas``, else ``evaluation.alphas``, else 0.1, 0.2, …, 1.0 (sorted, each > 0)."""
+    grid = sorted(set(alphas or (recipe.evaluation.alphas if recipe.evaluation else None) or DEFAULT_ALPHAS))
+    if any(not a > 0 for a in grid):
+        raise RecipeError(f"alphas: every α must be > 0, got {grid}.")
+    return grid

@@ -1,0 +1,150 @@
+"""Prepare one task vector of a recipe: resolve its models and data and check everything that needs no gradient.
+
+Models, names, shapes, vocabulary, NaN/inf, data, labels and metrics are checked here, so bad input fails before
+the costly part; a merge prepares each of its tasks. The result (:class:`PreparedRun`) is what the votes, the
+held-out scores and the merge of a run read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..data import (LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split,
+                    select_per_class, target_embedder, with_images)
+from ..errors import GradFixError, RecipeError
+from ..hub import ResolvedModel, resolve_model
+from ..metrics import check_available
+from ..objectives import OBJECTIVES, CallableObjective, CLIPZeroShotObjective, Objective
+from ..plan import (SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan, bind_adapters, build_layout, check_configs,
+                    check_tokenizers, load_config, plan_transport, task_config)
+from ..recipe import Recipe, ResolvedTask
+
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
+
+
+@dataclass
+class PreparedRun:
+    """Everything checked and loaded before gradient work."""
+
+    recipe: Recipe
+    task: ResolvedTask
+    models: dict[str, ResolvedModel]
+    plan: TransportPlan
+    tokenizer: Any
+    objective: Optional[Objective]
+    samples: Optional[LabelledSamples]
+    examples: list = field(default_factory=list)
+    eval_samples: Optional[LabelledSamples] = None
+    test_samples: Optional[LabelledSamples] = None
+
+    @property
+    def voted_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.plan.layout.parameters[n] for n in self.plan.transported}
+
+    def summary(self) -> dict:
+        return {
+            "models": {role: m.describe() for role, m in self.models.items()},
+            "model_class": type(self.plan.layout.config).__name__ + " → " + self.plan.layout.config.architectures[0],
+            "tensors": self.plan.summary(),
+            "vote_samples": len(self.samples) if self.samples else 0,
+            "data_fingerprint": self.samples.fingerprint if self.samples else None,
+            "selection": self.samples.selection if self.samples is not None else None,
+            "evaluation_samples": len(self.eval_samples) if self.eval_samples else 0,
+        }
+
+
+def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    folder = models[role].local_dir
+    if models[role].is_adapter and not any(next(folder.glob(p), None) for p in TOKENIZER_FILES):
+        return None  # an adapter without its own tokenizer (AutoTokenizer would make an empty one from config.json)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optional[str] = None,
+            check_values: bool = True, select_samples: bool = True) -> PreparedRun:
+    """Resolve the models and the data of one task vector (default: the recipe's first) and check everything
+    that needs no gradient. ``select_samples=False`` (a dry run) skips embedding the pool of a non-random
+    ``data.selection``: the class sizes are checked, the rows are chosen at run time."""
+    task = task or recipe.resolved_tasks()[0]
+    if recipe.evaluation is not None:  # a metric that cannot be loaded fails now, not after the votes
+        check_available(recipe.evaluation.metrics)
+    refs = {SOURCE: task.models.source, SOURCE_FT: task.models.source_finetuned, TARGET: task.models.target}
+    if task.models.target_finetuned is not None:
+        refs[TARGET_FT] = task.models.target_finetuned
+    models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token,
+                                  trust_remote_code=recipe.trust_remote_code)
+              for role, ref in refs.items()}
+    bind_adapters(models)  # a LoRA adapter as θ_A^ft is read on θ_A (gradfix_hf/lora)
+    names = {role: m.name for role, m in models.items()}
+    configs = {role: load_config(m, recipe.trust_remote_code) for role, m in models.items()}
+    check_configs(configs, names)
+    tokenizers = {role: _load_tokenizer(models, role, recipe.trust_remote_code) for role in models}
+    check_tokenizers(tokenizers, names)
+    tokenizer = tokenizers[TARGET] or tokenizers[SOURCE_FT] or tokenizers[SOURCE]
+
+    objective_cls = OBJECTIVES[recipe.objective]
+    clip = objective_cls is CLIPZeroShotObjective
+    if clip:  # a CLIP θ_B, its image processor and tokenizer (gradfix_hf/objectives/clip_zero_shot.py)
+        image_processor = CLIPZeroShotObjective.check_target(configs[TARGET], models[TARGET], tokenizer)
+    auto_class = recipe.model_class or objective_cls.auto_class_name
+    config = task_config(configs[TARGET], configs[SOURCE_FT], recipe.objective)
+    layout = build_layout(auto_class, config, recipe.trust_remote_code)
+    plan = plan_transport(models, layout, check_values=check_values,
+                                 transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
+
+    objective = samples = eval_samples = test_samples = None
+    examples: list = []
+    data = task.data
+    if data is not None:
+        if tokenizer is None and recipe.objective != "callable":
+            raise GradFixError(f"{TARGET}: no tokenizer found in {names[TARGET]} (nor in the source models).")
+        dataset = load_split(data.path, name=data.name, split=data.split,
+                             revision=data.revision, where="data", token=token)
+        columns = [data.image_column, data.label_column] if clip else None  # what the objective reads
+        if clip:
+            dataset = with_images(dataset, data.image_column, data.path, "data")
+            labels = CLIPZeroShotObjective.label_space(data, configs[SOURCE_FT], dataset)
+            objective = CLIPZeroShotObjective.from_target(data, tokenizer, labels, plan, image_processor)
+        elif objective_cls is CallableObjective:
+            if data.label_column not in dataset.column_names:
+                raise GradFixError(f"data: label column {data.label_column!r} not in {dataset.column_names}.")
+            labels = label_space_from_rows(dataset, data.label_column)
+            objective = CallableObjective(data, tokenizer, labels, recipe.loss_fn, auto_class)
+        else:
+            labels = objective_cls.label_space(data, configs[SOURCE_FT])
+            objective = objective_cls(data, tokenizer, labels)
+        extra = {"objective": recipe.objective, "prompt": data.prompt,
+                 "label_words": data.label_words, "max_length": data.max_length}
+        if clip:  # the prompts are part of the loss, hence of what the votes depend on
+            extra.update(templates=objective.templates, image_column=data.image_column)
+        embed = None
+        if data.selection != "random":  # θ_B's own embeddings choose the rows (gradfix_hf/data/selection.py)
+            embed = target_embedder(plan, objective, batch_size=recipe.vote_batch_size)
+        samples = select_per_class(dataset, data, labels, fingerprint_extra=extra,
+                                   embed=embed if select_samples else None, columns=columns)
+        examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
+        if recipe.evaluation is not None:
+            if objective_cls is CallableObjective:
+                raise RecipeError("evaluation: held-out scores need a built-in objective, not 'callable'.")
+            ev = recipe.evaluation
+
+            def held_out(path: str, split: str, where: str) -> LabelledSamples:
+                rows = load_split(path, name=ev.name or data.name, split=split, revision=ev.revision or data.revision,
+                                  where=where, token=token)
+                if clip:
+                    rows = with_images(rows, data.image_column, path, where)
+                return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where,
+                                          columns=columns)
+
+            eval_samples = held_out(ev.path or data.path, ev.split, "evaluation")
+            if ev.test_split is not None:
+                test_samples = held_out(ev.test_path or ev.path or data.path, ev.test_split, "evaluation.test_split")
+    if clip:  # the output folder gets θ_B's tokenizer and image processor (for pipeline(...))
+        tokenizer = CLIPZeroShotObjective.processor(image_processor, tokenizer)
+    return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
+                       samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples)

@@ -1,0 +1,145 @@
+"""Stage 1 for a recipe: every task's votes, from its votes file, from the ``votes_cache`` or computed on θ_B.
+
+``compute_recipe_votes`` is what ``gradfix votes`` calls; ``recipe_votes`` gives every task of a run its votes,
+computing each distinct vote (same :func:`vote_key`) once, on every process of a launch.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..errors import RecipeError, VotesFileError
+from ..hub import local_path
+from ..objectives import Objective
+from ..plan import SOURCE_FT, TARGET, load_base_model
+from ..recipe import Recipe
+from ..runtime import ProcessContext, on_main_process, process_context
+from ..storage import VotesFile, params_fingerprint
+from ..version import __version__
+from ..votes.distributed import VoteEngine, batched_vote_engine, distributed_votes, reference_vote_engine
+from .prepare import PreparedRun
+
+logger = logging.getLogger("gradfix_hf")
+
+
+def aggregation(recipe: Recipe) -> str:
+    """How the recipe's mask needs the votes aggregated: ``mean`` for the mean-gradient mask, else ``majority``."""
+    return "mean" if recipe.method.sign_source == "mean-votes" else "majority"
+
+
+def vote_engine_name(recipe: Recipe, objective: Objective) -> str:
+    """``batched`` (one batched backward per micro-batch) unless the recipe or the objective needs the exact
+    one-sample ``reference`` loop (``vote_engine: reference`` / ``--vote-engine reference``, or a user loss)."""
+    if recipe.vote_engine != "auto":
+        return recipe.vote_engine
+    return "batched" if objective.supports_batching else "reference"
+
+
+def _vote_engine(prepared: PreparedRun, model: torch.nn.Module, context: ProcessContext) -> VoteEngine:
+    """The per-process vote engine (the one place that chooses among engines with the same contract)."""
+    device = context.device if context.distributed else None
+    if vote_engine_name(prepared.recipe, prepared.objective) == "batched":
+        return batched_vote_engine(model, prepared.objective, prepared.plan.transported,
+                                   micro_batch_size=prepared.recipe.vote_batch_size, device=device)
+    return reference_vote_engine(model, prepared.objective.loss, prepared.plan.transported, device=device)
+
+
+def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> VotesFile:
+    """Stage 1: votes of θ_B (fp32, eval mode, with the fine-tune's head) on the recipe's samples.
+
+    Under a launcher with several processes (``accelerate launch``, ``torchrun``) every process computes its
+    contiguous shard of the samples and the shards are all-reduced (:mod:`gradfix_hf.votes.distributed`):
+    every process returns the same complete votes; majority votes are bitwise those of one process, mean
+    votes exact up to float summation order. Only the caller decides who writes them (the CLI: the main
+    process).
+    """
+    if prepared.samples is None:
+        raise RecipeError("data: computing votes needs a data section.")
+    context = process_context()
+    model = load_base_model(prepared.plan)
+    batched = vote_engine_name(prepared.recipe, prepared.objective) == "batched"
+    votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
+                                        prepared.voted_shapes, aggregation=aggregation(prepared.recipe),
+                                        progress=progress, context=context,
+                                        block=prepared.recipe.vote_batch_size if batched else 1)
+    target = prepared.models[TARGET]
+    metadata = {
+        "format": "gradfix-votes", "format_version": "1", "n_samples": str(len(prepared.examples)),
+        "aggregation": aggregation(prepared.recipe), "objective": prepared.recipe.objective,
+        "target": target.name, "target_revision": target.commit_hash or "",
+        "data_source": prepared.samples.source, "data_fingerprint": prepared.samples.fingerprint,
+        "params_fingerprint": params_fingerprint(prepared.voted_shapes), "library_version": __version__,
+        "engine": vote_engine_name(prepared.recipe, prepared.objective),
+        "data_selection": json.dumps({**(prepared.samples.selection or {}), "rows": prepared.samples.indices}),
+    }
+    return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
+
+
+def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> VotesFile:
+    """A votes file checked against this run's target, parameter set and aggregation."""
+    votes = VotesFile.load(local_path(path, where="votes", error=VotesFileError))  # a file or an hf:// reference
+    target = prepared.models[TARGET]
+    votes.check_target(prepared.voted_shapes, target=target.name, commit_hash=target.commit_hash, source=str(path))
+    if votes.metadata["aggregation"] != aggregation(prepared.recipe):
+        raise VotesFileError(f"{path}: votes were aggregated with {votes.metadata['aggregation']!r} but mask "
+                             f"{prepared.recipe.name_and_mask} needs {aggregation(prepared.recipe)!r}.")
+    if prepared.samples is not None and votes.metadata["data_fingerprint"] != prepared.samples.fingerprint:
+        logger.warning("%s: votes were computed on other samples (fingerprint %s, recipe's data gives %s).",
+                       path, votes.metadata["data_fingerprint"], prepared.samples.fingerprint)
+    return votes
+
+
+def vote_key(prepared: PreparedRun) -> str:
+    """What a vote depends on: target (and revision), objective, aggregation, samples, voted tensors, and a
+    copied head (its loss depends on it). Tasks with the same key share one votes computation."""
+    target = prepared.models[TARGET]
+    head = None
+    if prepared.plan.copied_from_finetune:
+        source_ft = prepared.models[SOURCE_FT]
+        head = [source_ft.name, source_ft.commit_hash, sorted(prepared.plan.copied_from_finetune)]
+    parts = [target.name, target.commit_hash, prepared.recipe.objective, aggregation(prepared.recipe),
+             prepared.samples.fingerprint if prepared.samples else None, params_fingerprint(prepared.voted_shapes),
+             head, prepared.plan.layout.auto_class_name]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional[Union[str, os.PathLike]] = None,
+                 progress: bool = True) -> list[Optional[VotesFile]]:
+    """The votes of every task: from its votes file, from ``votes_cache`` or computed; each distinct vote
+    (same :func:`vote_key`) is computed once. Methods with a shared vote (``multi_source``) vote once, with the
+    first task's data and head, for every source. Every process takes part in computations; only the main
+    process writes the cache."""
+    if not recipe.needs_votes:
+        return [None] * len(prepared)
+    if votes is not None and len(prepared) > 1 and not recipe.method.method.shared_vote:
+        raise RecipeError("--votes gives one votes file, but this merge has one vote per task: set tasks[i].votes "
+                          "in the recipe instead.")
+    context = process_context()
+    computed: dict[str, VotesFile] = {}
+    out: list[Optional[VotesFile]] = []
+    for i, run in enumerate(prepared):
+        if recipe.method.method.shared_vote and i > 0:
+            out.append(out[0])
+            continue
+        path = (votes if i == 0 else None) or run.task.votes
+        if path:
+            out.append(load_votes_for(run, path))
+            continue
+        key = vote_key(run)
+        cached = Path(recipe.votes_cache) / f"{key}.safetensors" if recipe.votes_cache else None
+        if key not in computed and cached is not None and cached.is_file():
+            computed[key] = load_votes_for(run, cached)
+            logger.info("%s: votes from the cache %s", run.task.where, cached)
+        if key not in computed:
+            computed[key] = compute_recipe_votes(run, progress=progress)
+            if cached is not None:
+                on_main_process(context, functools.partial(computed[key].save, cached))
+        out.append(computed[key])
+    return out
