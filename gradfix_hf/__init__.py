@@ -6,7 +6,8 @@ Two stages with one file between them:
 2. ``gradfix_hf.merge``: data-free streaming merge θ_B + α·(m ⊙ τ_A), tensor by tensor.
 
 ``Recipe`` (YAML) names the models, data, method and output; ``transport`` runs one and returns a result
-whose ``.model`` is a ``transformers`` model ready for ``pipeline(...)``.
+whose ``.model`` is a ``transformers`` model ready for ``pipeline(...)``. The merge methods are in the registry
+of ``gradfix_hf.methods``. How the folders are layered: docs/architecture.md.
 """
 from .errors import (CompatibilityError, DataError, GradFixError, ModelResolutionError, NonFiniteError, RecipeError,
                      VotesFileError)

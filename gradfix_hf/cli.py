@@ -1,4 +1,8 @@
-"""The ``gradfix`` command: run a recipe, compute votes, inspect votes files and outputs, run the quickstart."""
+"""The ``gradfix`` command: run a recipe, compute votes, inspect votes files and outputs, run the quickstart.
+
+The top of the layers (docs/architecture.md): each command imports the machinery it runs when it runs, so that
+``--help`` and argument errors need none of it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -347,7 +351,7 @@ COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    reuse_from_environment()  # GRADFIX_REUSE_FREED_MEMORY=1: keep freed blocks (gradfix_hf/allocator.py)
+    reuse_from_environment()  # GRADFIX_REUSE_FREED_MEMORY=1: keep freed blocks (gradfix_hf/runtime/allocator.py)
     try:
         return COMMANDS[args.command](args)
     except GradFixError as exc:

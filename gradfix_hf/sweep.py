@@ -8,7 +8,7 @@ tensors (fp32); the few-shot fine-tuning baseline briefly adds a trained copy of
 
 Every method and baseline is scored with every metric of ``evaluation.metrics`` (through `evaluate`, see
 :mod:`gradfix_hf.metrics`); the first metric picks α. Baselines sit in the same table: θ_B zero-shot, the
-few-shot fine-tuning of θ_B on the vote samples (:mod:`gradfix_hf.few_shot`; no α), naive θ_B + α·τ_A (its
+few-shot fine-tuning of θ_B on the vote samples (:mod:`gradfix_hf.transport.few_shot`; no α), naive θ_B + α·τ_A (its
 own best α), the recipe's method and the oracle when ``models.target_finetuned`` is given.
 """
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The `gradfix` console script: help texts, run, dry run, inspect, and the quickstart."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -61,23 +60,30 @@ def test_alpha_override_is_validated(trios, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+#: the ``gradfix`` console script as installed, run by this interpreter (whatever the shell's PATH holds)
+CONSOLE_SCRIPT = ("import sys; from importlib.metadata import entry_points; "
+                  "(script,) = entry_points(group='console_scripts', name='gradfix'); "
+                  "sys.exit(script.load()(sys.argv[1:]))")
+
+
 def test_console_script_and_module_entry_points(trios, tmp_path):
     recipe = _write(tmp_path, recipe_dict("gpt2", trios("gpt2")))
-    script = shutil.which("gradfix") or pytest.skip("console script not on PATH")
-    done = subprocess.run([script, "run", recipe, "--dry-run"], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PATH": ""}  # nothing may depend on the shell's PATH
+    done = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "run", recipe, "--dry-run"], capture_output=True,
+                          text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "nothing was computed or written" in done.stdout
     plan = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
     assert plan["vote_samples"] == 6 and plan["tensors"]["transported"] > 10
-    module = subprocess.run([sys.executable, "-m", "gradfix_hf", "--version"], capture_output=True, text=True)
+    module = subprocess.run([sys.executable, "-m", "gradfix_hf", "--version"], capture_output=True, text=True, env=env)
     assert module.returncode == 0 and "gradfix_hf" in module.stdout
 
 
 @pytest.mark.slow
 def test_quickstart_runs_offline(tmp_path):
     """The README's first run: builds the tiny models and runs the quickstart recipe, offline."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([shutil.which("gradfix") or "gradfix", "quickstart", "--workdir", str(tmp_path / "qs"),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "quickstart", "--workdir", str(tmp_path / "qs"),
                            "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "qs" / "output" / "gradfix_report.json").read_text())

@@ -27,7 +27,7 @@ class LabelledSamples:
     source: str
     fingerprint: str
     indices: list[int] = field(default_factory=list)  # each row's index in the split
-    selection: Optional[dict] = None  # how the rows were chosen: {"method", "pool", ...} (gradfix_hf/selection.py)
+    selection: Optional[dict] = None  # how the rows were chosen: {"method", "pool", ...} (gradfix_hf/data/selection.py)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,7 +70,7 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
                      fingerprint_extra: Optional[dict] = None,
                      embed: Optional[Embedder] = None, columns: Optional[list[str]] = None) -> LabelledSamples:
     """K samples per class: drawn with ``data.seed`` (``data.selection: random``, stratified, reproducible), or
-    chosen by ``data.selection`` on ``embed(rows, labels)`` of a seeded pool per class (gradfix_hf/selection.py).
+    chosen by ``data.selection`` on ``embed(rows, labels)`` of a seeded pool per class (gradfix_hf/data/selection.py).
 
     Without ``embed`` a non-random selection only checks the class sizes and returns no rows (a dry run).
     ``columns`` are those the objective reads (default: the text, text pair and label columns).

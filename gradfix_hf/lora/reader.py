@@ -1,6 +1,6 @@
 """θ_A^ft from a LoRA adapter: θ_A's tensors with the adapter's merged delta added, one tensor at a time.
 
-:class:`LoraAdapterReader` has the interface of :class:`~gradfix_hf.checkpoint.CheckpointReader` (``keys``,
+:class:`LoraAdapterReader` has the interface of :class:`~gradfix_hf.storage.CheckpointReader` (``keys``,
 ``shape``, ``dtype``, ``get``, ``get_float``), so the transport plan, the votes (θ_B with the fine-tune's head),
 the streaming merge and the multi-task / multi-source merges treat an adapter exactly like a full fine-tune.
 For every tensor it presents:

@@ -43,7 +43,7 @@ def drift_norms(target: torch.Tensor, source: torch.Tensor, tau: torch.Tensor) -
 
 def sign_agreement(tau: torch.Tensor, sign: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], tuple]:
     """The agreement mask 1{sign(τ) = ŝ ≠ 0} (what the sign-agreement masks keep; see
-    :func:`~gradfix_hf.merge.masks.sign_agreement_mask`, same formula) and the counts (#agree, #where τ and ŝ
+    :func:`~gradfix_hf.methods.masks.sign_agreement_mask`, same formula) and the counts (#agree, #where τ and ŝ
     both have a sign); (None, (None, None)) without ŝ. Computed once, shared with the kernel."""
     if sign is None:
         return None, (None, None)

@@ -110,7 +110,7 @@ class EvaluationConfig:
 
     ``metrics`` are `evaluate` metrics (``accuracy``, ``f1`` and ``exact_match`` ship with the package and load
     offline; other names are loaded from the Hub when the run is prepared); the first one picks α. The few-shot
-    fine-tuning baseline (θ_B trained on the vote samples, :mod:`gradfix_hf.few_shot`) runs
+    fine-tuning baseline (θ_B trained on the vote samples, :mod:`gradfix_hf.transport.few_shot`) runs
     ``few_shot_steps`` AdamW steps (0: no baseline) at ``few_shot_lr`` on batches of ``few_shot_batch_size``
     (default: all vote samples in one batch).
     """
