@@ -72,22 +72,22 @@ def test_large_low_rank_weights_fold_in_row_blocks(trios, kind, monkeypatch):
     """An LM head's per-sample gradient (rank 1-2: the scored tokens, plus the tied embedding's rows) is
     folded in blocks of rows, formed twice (noise limit, then votes) instead of materialised whole. Shrink
     the sizes so the tiny models take that path, in several blocks, and compare with the reference loop."""
-    from gradfix_hf.votes import batched_engine, fold
+    from gradfix_hf.votes import batched_engine, fold, row_blocks
 
     recipe = Recipe.from_dict(recipe_dict(kind, trios(kind), data={"samples_per_class": 3}))
     prepared = prepare(recipe)
     names = prepared.plan.transported
     monkeypatch.setattr(batched_engine, "CHUNK_ELEMENTS", 2048)
-    monkeypatch.setattr(batched_engine, "FOLD_PIECE", 700)  # rows per block: 700 // width
+    monkeypatch.setattr(row_blocks, "FOLD_PIECE", 700)  # rows per block: 700 // width
     monkeypatch.setattr(fold, "FOLD_PIECE", 700)
     blocked = []
-    real = batched_engine._fold_in_row_blocks
+    real = row_blocks.fold_in_row_blocks
 
     def spy(name, ordered, rows, vote_fold):
         blocked.append(name)
         return real(name, ordered, rows, vote_fold)
 
-    monkeypatch.setattr(batched_engine, "_fold_in_row_blocks", spy)
+    monkeypatch.setattr(batched_engine, "fold_in_row_blocks", spy)  # the name the engine calls
     fast = compute_votes_batched(load_base_model(prepared.plan), prepared.objective, prepared.examples, names,
                                  micro_batch_size=4, progress=False)
     head = "shared.weight" if kind == "t5" else "transformer.wte.weight"
@@ -305,7 +305,7 @@ def test_fold_names_the_tensor_with_a_nan_or_inf_gradient():
 def test_linear_rule_skips_positions_whose_output_gradient_is_zero():
     """Only the scored positions reach an LM head: the per-sample product is formed over those alone, gathered
     per sample, and equals the full sum over all positions."""
-    from gradfix_hf.votes.batched_engine import _active_positions
+    from gradfix_hf.votes.per_sample_rules import active_positions
 
     generator = torch.Generator().manual_seed(0)
     g = torch.randn(4, 10, 6, generator=generator)
@@ -313,12 +313,12 @@ def test_linear_rule_skips_positions_whose_output_gradient_is_zero():
     active = torch.zeros(4, 10, dtype=torch.bool)
     active[0, 9] = active[1, 3] = active[1, 7] = active[3, 0] = True  # sample 2: no gradient at all
     g = g * active.unsqueeze(-1)
-    g_kept, x_kept = _active_positions(g, x)
+    g_kept, x_kept = active_positions(g, x)
     assert g_kept.shape == (4, 2, 6) and x_kept.shape == (4, 2, 5)  # the largest count of active positions
     full = torch.einsum("bto,bti->boi", g, x)
     assert torch.allclose(torch.bmm(g_kept.transpose(1, 2), x_kept), full, rtol=0, atol=1e-6)
     dense = torch.randn(4, 10, 6, generator=generator)  # every position active: nothing to skip
-    assert _active_positions(dense, x)[0] is dense
+    assert active_positions(dense, x)[0] is dense
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
