@@ -26,6 +26,7 @@ from mergekit.merge import MergeOptions, run_merge  # noqa: E402
 import gradfix_hf  # noqa: E402
 from gradfix_hf import RecipeError, VotesFile, VotesFileError, compute_recipe_votes, prepare  # noqa: E402
 from gradfix_hf.integrations import mergekit as gm  # noqa: E402
+from gradfix_hf.integrations.mergekit import inputs as gm_inputs  # noqa: E402
 from gradfix_hf.quickstart.toy import (LABELS, NEGATIVE, NEUTRAL, POSITIVE, sentiment_rows,  # noqa: E402
                                        word_tokenizer, write_jsonl)
 
@@ -175,7 +176,7 @@ def test_command_line_entry_point(world, tmp_path):
     assert all(torch.equal(ours[k], v) for k, v in reference.items())
     assert "merge_method: gradfix_mask_then_merge" in (tmp_path / "out" / "mergekit_config.yml").read_text()
     assert (tmp_path / "out" / "README.md").is_file()  # the model card: absolute paths, so no Hub lookup offline
-    entry = [line for line in Path(gm.__file__).parents[2].joinpath("setup.cfg").read_text().splitlines()
+    entry = [line for line in Path(gradfix_hf.__file__).parents[1].joinpath("setup.cfg").read_text().splitlines()
              if "gradfix-mergekit-yaml" in line]
     assert entry and entry[0].split("=", 1)[1].strip() == "gradfix_hf.integrations.mergekit:main"
 
@@ -285,13 +286,14 @@ def test_bad_votes_inside_mergekit_name_file_and_tensor(world, tmp_path):
 
 def test_name_alignment_prefix_and_tied_weights(world):
     """θ_A as a base-model checkpoint lines up with task-model names; tied names are used only when tied."""
-    source = gm._source(world["source"])
+    source = gm_inputs.open_source(world["source"])
     assert source.prefix == "model" and not source.tied
-    assert source.key("model.layers.0.mlp.up_proj.weight", gm._Names()) == "layers.0.mlp.up_proj.weight"
-    tied = gm._Names(tied=("model.embed_tokens.weight",))
+    assert source.key("model.layers.0.mlp.up_proj.weight", gm_inputs.WeightNames()) == \
+        "layers.0.mlp.up_proj.weight"
+    tied = gm_inputs.WeightNames(tied=("model.embed_tokens.weight",))
     assert source.key("lm_head.weight", tied) is None  # untied θ_A: its embedding is not an lm_head
     votes = VotesFile.load(world["votes0"])
-    assert gm._vote_key(votes, "layers.0.mlp.up_proj.weight", "model", gm._Names()) == \
+    assert gm_inputs.vote_key(votes, "layers.0.mlp.up_proj.weight", "model", gm_inputs.WeightNames()) == \
         "model.layers.0.mlp.up_proj.weight"
-    assert gm._vote_key(votes, "lm_head.weight", "model", gm._Names(tied=tied.tied, base_tied=True)) == \
-        "model.embed_tokens.weight"
+    tied_base = gm_inputs.WeightNames(tied=tied.tied, base_tied=True)
+    assert gm_inputs.vote_key(votes, "lm_head.weight", "model", tied_base) == "model.embed_tokens.weight"
