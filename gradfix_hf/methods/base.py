@@ -7,6 +7,7 @@ output = θ_B + α·delta. Kernels have two steps so global statistics can be ta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -29,10 +30,17 @@ class ParameterSpec:
     requirement: str = ""
 
     def validate(self, value: Any, where: str) -> Any:
+        """The value as its ``kind``: a bool is ``true``/``false`` only (never the string "false"), an int is not
+        a bool, a float is a finite int or float; then its choices and check."""
+        if self.kind is bool and not isinstance(value, bool):
+            got = f"the string {value!r}" if isinstance(value, str) else repr(value)
+            raise RecipeError(f"{where}: must be true or false (a YAML boolean), got {got}.")
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
             raise RecipeError(f"{where}: must be a {self.kind.__name__}, got {value!r}.")
+        if self.kind is float and not math.isfinite(value):
+            raise RecipeError(f"{where}: must be a finite float, got {value!r}.")
         if self.choices is not None and value not in self.choices:
             raise RecipeError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}."
                               f"{did_you_mean(value, self.choices)}")

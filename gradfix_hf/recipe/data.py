@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..errors import RecipeError
-from .validation import check_choice
+from .validation import check_choice, check_fields, paths_as_strings
 
 #: the ``data.selection`` values; ``random`` needs no embeddings (the algorithms: gradfix_hf/data/selection.py)
 SELECTIONS = ("random", "herding", "k-medoids", "k-center")
@@ -33,6 +33,37 @@ def template_error(template: object) -> Optional[str]:
     if fields not in ([""], ["label"]):
         found = ", ".join("{" + f + "}" for f in fields) or "none"
         return f"{template!r} needs exactly one placeholder, {{}} or {{label}} (found: {found})"
+    return None
+
+
+def _placeholder(name: str, spec: Optional[str], conversion: Optional[str]) -> str:
+    return "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+
+
+def prompt_error(prompt: str, has_pair: bool) -> Optional[str]:
+    """Why ``data.prompt`` cannot be formatted the way the objectives format it (``prompt.format(text=...)``,
+    plus ``text_pair=...`` when ``data.text_pair_column`` is set), or None. ``{text}`` is required; ``{{``
+    and ``}}`` are literal braces; any other field, attribute or index access is refused."""
+    fields = {"text": "", **({"text_pair": ""} if has_pair else {})}
+    literal = "write a literal brace as '{{' or '}}'"
+    try:
+        parsed = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as exc:  # a lone brace
+        return f"unbalanced braces ({exc}) in {prompt!r}; {literal}."
+    for name, spec, conv in parsed:
+        placeholder = _placeholder(name, spec, conv)
+        if name == "text_pair" and not has_pair:
+            return (f"the placeholder {placeholder!r} needs data.text_pair_column (the column of the second text), "
+                    f"got {prompt!r}.")
+        if name not in fields:
+            allowed = "{text} and {text_pair}" if has_pair else "{text} (and {text_pair} with data.text_pair_column)"
+            return f"unknown placeholder {placeholder!r} in {prompt!r}; a prompt may use {allowed}; {literal}."
+        try:
+            placeholder.format(**fields)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            return f"the placeholder {placeholder!r} cannot be formatted ({type(exc).__name__}: {exc}), got {prompt!r}."
+    if "text" not in [name for name, _, _ in parsed]:
+        return f"must contain '{{text}}', got {prompt!r}."
     return None
 
 
@@ -74,20 +105,12 @@ class DataConfig:
     label_words: Optional[dict] = None
     max_length: int = 128
     image_column: str = "image"  # image objectives (clip-zero-shot): an Image feature, or image file paths
-    templates: Optional[list] = None  # clip-zero-shot prompt templates, "{}" or "{label}" = the class name
+    templates: Optional[list[str]] = None  # clip-zero-shot prompt templates, "{}" or "{label}" = the class name
+
+    WHERE = "data"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.samples_per_class, int) or self.samples_per_class < 1:
-            raise RecipeError(f"data.samples_per_class: must be a positive integer, got {self.samples_per_class!r}.")
-        object.__setattr__(self, "selection", canonical_selection(self.selection, "data.selection"))
-        pool = self.selection_pool
-        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < self.samples_per_class):
-            raise RecipeError(f"data.selection_pool: rows embedded per class, an integer >= data.samples_per_class "
-                              f"({self.samples_per_class}) or null for every row, got {pool!r}.")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise RecipeError(f"data.max_length: must be an integer >= 2, got {self.max_length!r}.")
-        if "{text}" not in self.prompt:
-            raise RecipeError(f"data.prompt: must contain '{{text}}', got {self.prompt!r}.")
+        paths_as_strings(self, ("path",))
         if self.label_words is not None and not isinstance(self.label_words, Mapping):
             raise RecipeError("data.label_words: must map each label to its verbalisation, e.g. {0: negative}.")
         if self.templates is not None:
@@ -97,7 +120,20 @@ class DataConfig:
                 if template_error(template):
                     raise RecipeError(f"data.templates: {template_error(template)}, e.g. 'a photo of a {{}}.'.")
             object.__setattr__(self, "templates", list(self.templates))
-        if not isinstance(self.image_column, str) or not self.image_column:
+        check_fields(self, self.WHERE)
+        if self.samples_per_class < 1:
+            raise RecipeError(f"data.samples_per_class: must be a positive integer, got {self.samples_per_class!r}.")
+        object.__setattr__(self, "selection", canonical_selection(self.selection, "data.selection"))
+        pool = self.selection_pool
+        if pool is not None and pool < self.samples_per_class:
+            raise RecipeError(f"data.selection_pool: rows embedded per class, an integer >= data.samples_per_class "
+                              f"({self.samples_per_class}) or null for every row, got {pool!r}.")
+        if self.max_length < 2:
+            raise RecipeError(f"data.max_length: must be an integer >= 2, got {self.max_length!r}.")
+        error = prompt_error(self.prompt, bool(self.text_pair_column))
+        if error:
+            raise RecipeError(f"data.prompt: {error}")
+        if not self.image_column:
             raise RecipeError(f"data.image_column: the name of the image column, got {self.image_column!r}.")
 
 
@@ -122,18 +158,17 @@ class EvaluationConfig:
     max_samples: Optional[int] = None
     test_split: Optional[str] = None
     test_path: Optional[str] = None
-    alphas: Optional[list] = None
-    metrics: tuple = ("accuracy", "f1")
+    alphas: Optional[list[float]] = None
+    metrics: tuple[str, ...] = ("accuracy", "f1")
     few_shot_steps: int = 1
     few_shot_lr: float = 1e-5
     few_shot_batch_size: Optional[int] = None
 
+    WHERE = "evaluation"
+
     def __post_init__(self) -> None:
+        paths_as_strings(self, ("path", "test_path"))
         object.__setattr__(self, "metrics", metric_names(self.metrics, "evaluation.metrics"))
-        for key, low in (("few_shot_steps", 0), ("few_shot_batch_size", 1)):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise RecipeError(f"evaluation.{key}: an integer >= {low}, got {value!r}.")
         if self.few_shot_steps is None:
             raise RecipeError("evaluation.few_shot_steps: an integer >= 0 (0 disables the few-shot baseline).")
         lr = self.few_shot_lr
@@ -143,14 +178,21 @@ class EvaluationConfig:
             except ValueError:
                 pass
             object.__setattr__(self, "few_shot_lr", lr)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise RecipeError(f"evaluation.few_shot_lr: a positive number, got {lr!r}.")
         if self.alphas is not None:
             if (not isinstance(self.alphas, (list, tuple)) or not self.alphas
                     or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 or a != a
                            or a == float("inf") for a in self.alphas)):
                 raise RecipeError(f"evaluation.alphas: a non-empty list of positive numbers, got {self.alphas!r}.")
             object.__setattr__(self, "alphas", sorted({float(a) for a in self.alphas}))
+        check_fields(self, self.WHERE)
+        for key, low in (("few_shot_steps", 0), ("few_shot_batch_size", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise RecipeError(f"evaluation.{key}: an integer >= {low}, got {value!r}.")
+        if not self.few_shot_lr > 0:
+            raise RecipeError(f"evaluation.few_shot_lr: a positive number, got {self.few_shot_lr!r}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise RecipeError(f"evaluation.max_samples: must be an integer >= 1 (rows scored per split), or null "
+                              f"for every row, got {self.max_samples!r}.")
         if self.test_path is not None and self.test_split is None:
             object.__setattr__(self, "test_split", "test")
-

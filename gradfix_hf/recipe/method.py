@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from ..errors import RecipeError
 from ..methods import MergeMethod, get
-from .validation import unknown_key_hint
+from .validation import check_fields, unknown_key_hint
 
 AUTO = "auto"
 #: the candidates of ``method: auto`` when the recipe lists none (a mask name is shorthand for ``{mask: NAME}``)
@@ -84,9 +84,10 @@ class MethodConfig:
         parameters = {**nested, **{k: v for k, v in raw.items() if k not in _METHOD_FIELDS + ("parameters",)}}
         return cls(**fields, parameters=parameters)
 
+    WHERE = "method"
+
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise RecipeError(f"method.name: must be a string, got {self.name!r}.")
+        check_fields(self, self.WHERE)  # name a string, alpha a finite number, force true or false
         if self.name == AUTO:  # the validation split picks mask and α (gradfix_hf/transport/auto.py)
             valid = list(_METHOD_FIELDS) + ["candidates"]
         else:
@@ -100,10 +101,6 @@ class MethodConfig:
         else:
             parameters = get(self.name).validate(self.parameters, "method")
         object.__setattr__(self, "parameters", parameters)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
-            raise RecipeError(f"method.alpha: must be a number, got {self.alpha!r}.")
-        if self.alpha != self.alpha or self.alpha in (float("inf"), float("-inf")):
-            raise RecipeError(f"method.alpha: must be finite, got {self.alpha!r}.")
         if not self.force and not 0.0 < self.alpha <= 1.0:
             raise RecipeError(
                 f"method.alpha: {self.alpha} is outside (0, 1]; set method.force: true (CLI --force) to allow it."

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..errors import RecipeError
 from .data import DataConfig
-from .validation import build
+from .validation import build, check_fields, paths_as_strings
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,18 @@ class ModelRef:
     revision: Optional[str] = None
     subfolder: Optional[str] = None
 
+    WHERE = "model"  # a model's messages name its keys from where it sits (models.target.path), see build
+    EXPECTED = "a local folder or a Hub id, or a mapping with path (and revision, subfolder)"
+
+    def __post_init__(self) -> None:
+        paths_as_strings(self, ("path",))
+        check_fields(self, self.WHERE)
+        if not self.path:
+            raise RecipeError(f"{self.WHERE}.path: a local folder or a Hub id is required.")
+
     @classmethod
     def parse(cls, raw: Any, where: str) -> "ModelRef":
-        if isinstance(raw, (str, os.PathLike)):
-            return cls(path=str(raw))
-        ref = build(cls, raw, where)
-        if not isinstance(ref.path, str) or not ref.path:
-            raise RecipeError(f"{where}.path: a local folder or a Hub id is required.")
-        return ref
+        return build(cls, {"path": raw} if isinstance(raw, (str, os.PathLike)) else raw, where)
 
     def __str__(self) -> str:
         text = self.path + (f"/{self.subfolder}" if self.subfolder else "")
@@ -45,11 +49,14 @@ class ModelsConfig:
     source_finetuned: Optional[ModelRef] = None
     target_finetuned: Optional[ModelRef] = None
 
+    WHERE = "models"
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None and not isinstance(value, ModelRef):
                 object.__setattr__(self, f.name, ModelRef.parse(value, f"models.{f.name}"))
+        check_fields(self, self.WHERE)
 
 
 
@@ -67,15 +74,17 @@ class TaskConfig:
     votes: Optional[str] = None
     weight: float = 1.0
 
+    WHERE = "tasks"  # built as tasks[i]: build names the task's index in its messages
+
     def __post_init__(self) -> None:
         for key in ("source_finetuned", "source", "target_finetuned"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, ModelRef):
-                object.__setattr__(self, key, ModelRef.parse(value, f"tasks.{key}"))
+                object.__setattr__(self, key, ModelRef.parse(value, f"{self.WHERE}.{key}"))
         if self.data is not None and not isinstance(self.data, DataConfig):
-            object.__setattr__(self, "data", build(DataConfig, self.data, "tasks.data"))
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight != self.weight:
-            raise RecipeError(f"tasks.weight: must be a number, got {self.weight!r}.")
+            object.__setattr__(self, "data", build(DataConfig, self.data, f"{self.WHERE}.data"))
+        paths_as_strings(self, ("votes",))
+        check_fields(self, self.WHERE)  # the weight: a finite number
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ..errors import RecipeError
-from .validation import build, check_choice
+from .validation import build, check_choice, check_fields, paths_as_strings
 
 DTYPES = ("float32", "float16", "bfloat16")
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
@@ -34,14 +34,16 @@ class LoraExportConfig:
     rank: Optional[int] = None
     energy: Optional[float] = None
 
+    WHERE = "output.as_lora"
+
     def __post_init__(self) -> None:
         if self.rank is None and self.energy is None:
             raise RecipeError("output.as_lora: give a rank (e.g. {rank: 16}), an energy threshold (e.g. "
                               "{energy: 0.9}), or both.")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+        check_fields(self, self.WHERE)
+        if self.rank is not None and self.rank < 1:
             raise RecipeError(f"output.as_lora.rank: must be a positive integer, got {self.rank!r}.")
-        if self.energy is not None and (isinstance(self.energy, bool) or not isinstance(self.energy, (int, float))
-                                        or not 0.0 < self.energy <= 1.0):
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise RecipeError(f"output.as_lora.energy: must be a number in (0, 1], got {self.energy!r}.")
 
 
@@ -54,13 +56,17 @@ class OutputConfig:
     max_shard_size: Union[int, str] = "5GB"
     as_lora: Optional[LoraExportConfig] = None
 
+    WHERE = "output"
+
     def __post_init__(self) -> None:
-        if self.dtype is not None:
-            check_choice(self.dtype, DTYPES, "output.dtype")
-        parse_size(self.max_shard_size)
         if self.as_lora is not None and not isinstance(self.as_lora, LoraExportConfig):
             raw = {"rank": self.as_lora} if isinstance(self.as_lora, int) and not isinstance(self.as_lora, bool) \
                 else self.as_lora
             object.__setattr__(self, "as_lora", build(LoraExportConfig, raw, "output.as_lora"))
+        paths_as_strings(self, ("path",))
+        parse_size(self.max_shard_size)  # an int or a size like 5GB, or "cannot read" naming the key
+        check_fields(self, self.WHERE)
+        if self.dtype is not None:
+            check_choice(self.dtype, DTYPES, "output.dtype")
 
 

@@ -20,7 +20,7 @@ from .data import DataConfig, EvaluationConfig
 from .method import MethodConfig
 from .models import ModelsConfig, ResolvedTask, TaskConfig
 from .output import OutputConfig
-from .validation import build, check_choice, read_yaml_mapping
+from .validation import build, check_choice, check_fields, paths_as_strings, read_yaml_mapping
 
 OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot", "callable")
 VOTE_ENGINES = ("auto", "batched", "reference")
@@ -35,7 +35,7 @@ class Recipe:
     data: Optional[DataConfig] = None
     objective: str = "sequence-classification"
     method: MethodConfig = field(default_factory=MethodConfig)
-    tasks: Optional[tuple] = None
+    tasks: Optional[tuple[TaskConfig, ...]] = None
     evaluation: Optional[EvaluationConfig] = None
     output: OutputConfig = field(default_factory=OutputConfig)
     votes: Optional[str] = None
@@ -43,9 +43,13 @@ class Recipe:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     loss_fn: Optional[Callable] = field(default=None, compare=False, repr=False)
+    #: the YAML file the recipe was read from (an input no output may replace; not part of the recipe's data)
+    source_file: Optional[str] = field(default=None, compare=False, repr=False)
     model_class: Optional[str] = None
     vote_engine: str = "auto"
     vote_batch_size: int = 16
+
+    WHERE = ""  # top-level keys are named bare: trust_remote_code, vote_batch_size
 
     def __post_init__(self) -> None:
         specs = {"models": ModelsConfig, "data": DataConfig, "evaluation": EvaluationConfig, "output": OutputConfig}
@@ -59,18 +63,19 @@ class Recipe:
                 raise RecipeError(f"tasks: expected a list of task vectors, got {self.tasks!r}.")
             object.__setattr__(self, "tasks", tuple(build(TaskConfig, t, f"tasks[{i}]")
                                                     for i, t in enumerate(self.tasks)))
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise RecipeError("loss_fn: must be callable as loss_fn(model, sample) -> scalar tensor.")
+        paths_as_strings(self, ("votes", "votes_cache"))
+        check_fields(self, self.WHERE)  # trust_remote_code and allow_pickle: true or false, nothing else
         check_choice(self.objective, OBJECTIVES, "objective")
         check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
-        batch = self.vote_batch_size
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        if self.vote_batch_size < 1:
             raise RecipeError(f"vote_batch_size: must be a positive integer, got {self.vote_batch_size!r}.")
         if self.vote_engine == "batched" and self.objective == "callable":
             raise RecipeError("vote_engine: 'batched' needs per-sample losses from one batched forward, which a "
                               "user 'callable' loss does not give; use 'auto' or 'reference'.")
         if self.objective == "callable" and self.loss_fn is None:
             raise RecipeError("objective: 'callable' needs a loss_fn (Python API: Recipe(..., loss_fn=fn)).")
-        if self.loss_fn is not None and not callable(self.loss_fn):
-            raise RecipeError("loss_fn: must be callable as loss_fn(model, sample) -> scalar tensor.")
         if self.method.is_auto and self.evaluation is None:
             raise RecipeError("method: 'auto' picks the mask and α on a held-out split: add an evaluation section "
                               "(evaluation.split, and evaluation.alphas for the grid).")
@@ -146,7 +151,7 @@ class Recipe:
     def from_dict(cls, raw: Mapping[str, Any], *, loss_fn: Optional[Callable] = None) -> "Recipe":
         if not isinstance(raw, Mapping):
             raise RecipeError(f"recipe: expected a mapping, got {type(raw).__name__} ({raw!r}).")
-        fields = {k: v for k, v in raw.items() if k != "loss_fn"}
+        fields = {k: v for k, v in raw.items() if k not in ("loss_fn", "source_file")}
         if loss_fn is not None:  # passed at construction so the 'callable' objective's check sees it
             fields["loss_fn"] = loss_fn
         return build(cls, fields, "recipe")
@@ -161,7 +166,7 @@ class Recipe:
             merge = isinstance(value, Mapping) and isinstance(raw.get(key), Mapping)
             raw[key] = {**raw[key], **value} if merge else value
         try:
-            return cls.from_dict(raw, loss_fn=loss_fn)
+            return cls.from_dict(raw, loss_fn=loss_fn).replace(source_file=str(path))
         except RecipeError as exc:
             raise RecipeError(f"{path}: {exc}") from None
 
@@ -173,7 +178,7 @@ class Recipe:
                 return obj.to_dict()
             if dataclasses.is_dataclass(obj):
                 return {f.name: clean(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                        if f.name != "loss_fn" and getattr(obj, f.name) is not None}
+                        if f.name not in ("loss_fn", "source_file") and getattr(obj, f.name) is not None}
             if isinstance(obj, Mapping):
                 return {k: clean(v) for k, v in obj.items()}
             if isinstance(obj, (list, tuple)):
