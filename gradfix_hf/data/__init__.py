@@ -4,8 +4,10 @@ from .loading import HUB_PROVENANCE, LOCAL_BUILDERS, describe_source, load_split
 from .samples import (LabelledSamples, check_columns, evaluation_samples, fingerprint, label_space_from_rows,
                       select_per_class)
 from .selection import ALGORITHMS, Embedder, embed_rows, herding, k_center, k_medoids, k_medoids_cost, target_embedder
+from .unreadable import unreadable_line
+from .values import check_values
 
 __all__ = ["HUB_PROVENANCE", "LOCAL_BUILDERS", "LabelledSamples", "describe_source", "load_split", "with_commit",
            "with_images", "check_columns", "evaluation_samples", "fingerprint", "label_space_from_rows",
            "select_per_class", "ALGORITHMS", "Embedder", "embed_rows", "herding", "k_center", "k_medoids",
-           "k_medoids_cost", "target_embedder"]
+           "k_medoids_cost", "target_embedder", "check_values", "unreadable_line"]

@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..errors import DataError
 from ..hub import snapshot_dataset
+from .unreadable import unreadable_line
 
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -37,7 +38,10 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
                 raise DataError(f"{where}.path: {local} has unsupported extension {local.suffix!r} "
                                 f"(use {', '.join(LOCAL_BUILDERS)}).")
             kwargs = {"delimiter": "\t"} if local.suffix.lower() == ".tsv" else {}
-            return datasets.load_dataset(builder, data_files=str(local), split="train", **kwargs)
+            loaded = datasets.load_dataset(builder, data_files=str(local), split="train", **kwargs)
+            if builder == "json":  # Arrow's JSON reader keeps bytes that are not UTF-8; reading a row would fail
+                _check_utf8(loaded, local, where)
+            return loaded
         if local.is_dir() and (local / "dataset_info.json").is_file():
             loaded = datasets.load_from_disk(str(local))
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -55,9 +59,33 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
     except Exception as exc:  # datasets also raises its own hierarchy (DatasetNotFoundError, ...)
         if local.is_file() and _has_no_rows(local):  # datasets' own message for this is cryptic
             raise DataError(f"{where}.path: {local} is empty (no data rows).") from None
+        bad_line = unreadable_line(local, exc) if local.is_file() else None  # file:line: why it cannot be parsed
+        if bad_line is not None:
+            raise DataError(f"{where}.path: {bad_line}.") from None
+        exc = _innermost(exc)
         known = isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError))
         detail = str(exc) if known else f"{exc.__class__.__name__}: {exc}"
         raise DataError(f"{where}: cannot load split {split!r} of {path!r}: {detail}") from None
+
+
+def _check_utf8(dataset, local: Path, where: str) -> None:
+    """Refuse a loaded JSON file whose strings are not UTF-8 (one native pass over the table), naming the line."""
+    import pyarrow as pa
+
+    try:
+        dataset.data.table.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        bad_line = unreadable_line(local)
+        raise DataError(f"{where}.path: {bad_line or f'{local}: {exc}'}.") from None
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The cause behind ``datasets``' generic wrapper ("An error occurred while generating the dataset")."""
+    import datasets
+
+    while isinstance(exc, datasets.exceptions.DatasetGenerationError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 def _has_no_rows(local: Path) -> bool:

@@ -10,12 +10,13 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import DataError
 from ..objectives import LabelSpace
 from .loading import describe_source, with_commit
 from .selection import ALGORITHMS, Embedder
+from .values import check_values
 
 
 @dataclass
@@ -40,6 +41,12 @@ def check_columns(dataset, columns: list[str], where: str) -> None:
                         "Set data.text_column / data.label_column / data.text_pair_column.")
 
 
+def default_text_columns(data_cfg, columns: Optional[list[str]]) -> list[str]:
+    """The text and text pair columns, of those in ``columns`` (the columns an objective reads) when given."""
+    texts = [c for c in (data_cfg.text_column, data_cfg.text_pair_column) if c]
+    return texts if columns is None else [c for c in texts if c in columns]
+
+
 def fingerprint(rows: list[dict], labels: list[int], extra: dict) -> str:
     payload = json.dumps({"rows": rows, "labels": labels, **extra}, sort_keys=True, default=_content)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -58,8 +65,9 @@ def _content(value) -> object:
 
 
 def label_space_from_rows(dataset, label_column: str) -> LabelSpace:
-    """Classes of a user-defined objective: the distinct raw labels present, sorted."""
-    values = sorted(set(dataset[label_column]), key=lambda v: (str(type(v)), v))
+    """Classes of a user-defined objective: the distinct raw labels present (null ones are refused when the rows
+    are selected), sorted."""
+    values = sorted(set(dataset[label_column]) - {None}, key=lambda v: (str(type(v)), v))
     lookup = {}
     for i, value in enumerate(values):
         lookup[value] = i
@@ -68,18 +76,24 @@ def label_space_from_rows(dataset, label_column: str) -> LabelSpace:
 
 def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str = "data",
                      fingerprint_extra: Optional[dict] = None,
-                     embed: Optional[Embedder] = None, columns: Optional[list[str]] = None) -> LabelledSamples:
+                     embed: Optional[Embedder] = None, columns: Optional[list[str]] = None,
+                     text_columns: Optional[Sequence[str]] = None) -> LabelledSamples:
     """K samples per class: drawn with ``data.seed`` (``data.selection: random``, stratified, reproducible), or
     chosen by ``data.selection`` on ``embed(rows, labels)`` of a seeded pool per class (gradfix_hf/data/selection.py).
 
     Without ``embed`` a non-random selection only checks the class sizes and returns no rows (a dry run).
-    ``columns`` are those the objective reads (default: the text, text pair and label columns).
+    ``columns`` are those the objective reads (default: the text, text pair and label columns), ``text_columns``
+    those it tokenizes as text (default: the text and text pair columns among ``columns``): null or empty texts
+    and null labels anywhere in the split are refused with their rows named.
     """
+    if text_columns is None:
+        text_columns = default_text_columns(data_cfg, columns)
     columns = columns or [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column]
     source = describe_source(data_cfg.path, data_cfg.split, dataset)
     if len(dataset) == 0:
         raise DataError(f"{where}: {source} is empty (no rows).")
-    check_columns(dataset, columns, f"{where} ({source})")
+    check_columns(dataset, list(dict.fromkeys([*columns, *text_columns])), f"{where} ({source})")
+    check_values(dataset, text_columns, data_cfg.label_column, f"{where} ({source})")
     by_class: dict[int, list[int]] = {i: [] for i in range(len(label_space.names))}
     for idx, raw in enumerate(dataset[data_cfg.label_column]):
         by_class.setdefault(label_space.index(raw, f"{where} ({source}) row {idx}"), []).append(idx)
@@ -134,14 +148,19 @@ def _choose_on_embeddings(dataset, pools: dict[int, list[int]], k: int, method: 
 
 
 def evaluation_samples(dataset, data_cfg, label_space: LabelSpace, max_samples: Optional[int], source: str,
-                       where: str = "evaluation", columns: Optional[list[str]] = None) -> LabelledSamples:
-    """All (or the first ``max_samples``) rows of a held-out split, labels checked against the label set."""
+                       where: str = "evaluation", columns: Optional[list[str]] = None,
+                       text_columns: Optional[Sequence[str]] = None) -> LabelledSamples:
+    """All (or the first ``max_samples``) rows of a held-out split, labels checked against the label set and
+    texts (``text_columns``, as for :func:`select_per_class`) and labels checked for null or empty values."""
     source = with_commit(dataset, source)
     if len(dataset) == 0:
         raise DataError(f"{where}: the evaluation split {source} is empty.")
-    check_columns(dataset, columns or [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column],
-                   f"{where} ({source})")
+    if text_columns is None:
+        text_columns = default_text_columns(data_cfg, columns)
+    columns = columns or [data_cfg.text_column, data_cfg.label_column, data_cfg.text_pair_column]
+    check_columns(dataset, list(dict.fromkeys([*columns, *text_columns])), f"{where} ({source})")
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    check_values(dataset, text_columns, data_cfg.label_column, f"{where} ({source})", rows=count)
     rows = [dataset[i] for i in range(count)]
     labels = [label_space.index(r[data_cfg.label_column], f"{where} ({source}) row {i}") for i, r in enumerate(rows)]
     return LabelledSamples(rows=rows, labels=labels, source=source, fingerprint="")

@@ -1,6 +1,7 @@
 """What every objective provides: a label space, per-sample encoding, a per-sample loss and predictions."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..recipe import DataConfig
+from .positions import capped_max_length
 
 
 @dataclass
@@ -42,6 +44,25 @@ class Objective(ABC):
     @abstractmethod
     def label_space(data: DataConfig, finetuned_config) -> LabelSpace:
         """The classes: from the fine-tune's config (classification) or the recipe's label words."""
+
+    def text_columns(self) -> list[str]:
+        """The columns whose values are tokenized as text (checked for null or empty texts before any work)."""
+        return [c for c in (self.data.text_column, self.data.text_pair_column) if c]
+
+    def reserved_positions(self) -> int:
+        """Tokens an encoded example holds beyond its ``max_length``-truncated text (a causal LM's label word)."""
+        return 0
+
+    def fit_positions(self, config, where: str = "models.target") -> Optional[dict]:
+        """Tokenize with ``data.max_length`` capped at the positions of θ_B's ``config`` (less
+        :meth:`reserved_positions`): ``self.data`` becomes a copy with the capped value (the recipe's own
+        ``data`` is untouched). Returns ``{"requested", "used", "why"}`` when it capped, else None."""
+        requested = self.data.max_length
+        used, why = capped_max_length(requested, config, reserve=self.reserved_positions(), where=where)
+        if why is None:
+            return None
+        self.data = dataclasses.replace(self.data, max_length=used)
+        return {"requested": requested, "used": used, "why": why}
 
     def text_of(self, row: dict) -> str:
         fields = {"text": row[self.data.text_column]}

@@ -82,8 +82,9 @@ class CLIPZeroShotObjective(Objective):
                 lookup[i] = lookup[str(i)] = i
                 lookup.setdefault(label, i)
             return LabelSpace(names=class_label_names, lookup=lookup)
-        values = sorted(set(dataset[data.label_column])) if dataset is not None and data.label_column in \
-            dataset.column_names else []
+        present = dataset is not None and data.label_column in dataset.column_names
+        # a null label is refused when the rows are selected
+        values = sorted(set(dataset[data.label_column]) - {None}, key=str) if present else []
         if values and all(isinstance(v, str) for v in values):
             return LabelSpace(names=values, lookup={v: i for i, v in enumerate(values)})
         raise DataError(f"data.label_words: objective 'clip-zero-shot' needs the class names to put in the prompts; "
@@ -104,6 +105,12 @@ class CLIPZeroShotObjective(Objective):
         from transformers import CLIPProcessor
 
         return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+    def text_columns(self) -> list[str]:
+        return []  # images, checked by gradfix_hf/data/loading.py ``with_images``
+
+    def fit_positions(self, config, where: str = "models.target") -> None:
+        return None  # the prompts are tokenized with the text tower's own limit (``class_embeddings``)
 
     # --- per-sample loss and predictions -------------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class CausalLMObjective(TextToTextObjective):
     pipeline_task = "text-generation"
     shift_labels = True
 
+    def reserved_positions(self) -> int:
+        """The longest label word's tokens (with or without the space put before it), appended after the prompt."""
+        words = [w for name in self.labels.names for w in (name, " " + name)]
+        return max((len(self.tokenizer(w, add_special_tokens=False).input_ids) for w in words), default=0)
+
     def encode(self, row, label):
         prompt = self.text_of(row)
         completion = self.labels.names[label]

@@ -22,6 +22,12 @@ class CallableObjective(Objective):
         # Labels are the user's business; the distinct raw values still drive per-class sampling.
         return LabelSpace(names=[], lookup={})
 
+    def text_columns(self) -> list[str]:
+        return []  # the loss reads the rows as it likes
+
+    def fit_positions(self, config, where: str = "models.target") -> None:
+        return None  # the loss tokenizes itself
+
     def encode(self, row, label):
         return {"row": row}
 
