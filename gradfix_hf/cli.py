@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--votes", help="use this votes file instead of computing votes")
     run.add_argument("--alpha", type=float, help="override method.alpha")
     run.add_argument("--mask", help="override method.mask (a mask variant: see `gradfix methods`)")
-    run.add_argument("--force", action="store_true", help="allow alpha outside (0, 1]")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    run.add_argument("--force", action="store_true",
+                     help="allow alpha outside (0, 1], and a votes file recorded for another target")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a previous gradfix output folder at that path (never anything else)")
     run.add_argument("--push-to-hub", metavar="ORG/NAME",
                      help="then push the output folder to this Hub repo in one commit (created if needed; the token "
                           "comes from HF_TOKEN or `hf auth login` and is checked before the run)")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_overrides(votes)
     votes.add_argument("-o", "--output", required=True, help="votes file to write (.safetensors)")
     votes.add_argument("--task", help="with a tasks list: the task (name) whose votes to compute")
-    votes.add_argument("--overwrite", action="store_true", help="replace an existing votes file")
+    votes.add_argument("--overwrite", action="store_true", help="replace a previous votes file at that path")
 
     push = sub.add_parser("push", help="push an output folder to the Hugging Face Hub in one commit",
                           description="Create the Hub repo if needed and upload a finished output folder (weights, "
@@ -84,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_overrides(sweep)
     sweep.add_argument("--alphas", help="comma-separated α grid (default: evaluation.alphas or 0.1,0.2,...,1.0)")
     sweep.add_argument("--votes", help="use this votes file instead of computing votes")
+    sweep.add_argument("--force", action="store_true",
+                       help="allow alpha outside (0, 1], and a votes file recorded for another target")
     sweep.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
     sweep.add_argument("--markdown", help="also write the table as markdown to this file")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="replace previous sweep outputs (--json/--markdown/--plot files) at those paths")
     sweep.add_argument("--plot", metavar="PATH.png",
                        help="also draw the validation score against α per method, with the zero-shot and few-shot "
                             "baselines, as a PNG (needs matplotlib: pip install 'gradfix_hf[plot]')")
@@ -153,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         user = check_push_token(args.push_to_hub)  # a missing or rejected token fails now, not after the run
         logging.getLogger("gradfix_hf").info("Hub token accepted (user %s)", user)
     result = run_recipe(recipe, args.output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, force=args.force)
     if result is None or launched_rank() != 0:  # several processes: the main one wrote the folder and prints
         return 0
     if args.dry_run:
@@ -199,12 +205,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_votes(args: argparse.Namespace) -> int:
     from .runtime import on_main_process, process_context
-    from .transport import compute_recipe_votes, prepare
+    from .transport import check_votes_output, compute_recipe_votes, prepare
 
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise GradFixError(f"{output} already exists (use --overwrite).")
     recipe = _load_recipe(args)
+    check_votes_output(output, recipe, overwrite=args.overwrite)
     tasks = recipe.resolved_tasks()
     if args.task is None and len(tasks) > 1:
         raise GradFixError(f"{args.recipe}: the recipe has {len(tasks)} tasks; choose one with --task "
@@ -215,7 +220,7 @@ def _cmd_votes(args: argparse.Namespace) -> int:
                            f"({', '.join(t.name for t in tasks)}).")
     votes = compute_recipe_votes(prepare(recipe, chosen[0]), progress=not args.no_progress)  # every process votes
     context = process_context()
-    on_main_process(context, lambda: votes.save(output))
+    on_main_process(context, lambda: votes.save(output, overwrite=args.overwrite))
     if not context.is_main:
         return 0
     print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors, "
@@ -285,12 +290,15 @@ def _parse_alphas(text: Optional[str]) -> Optional[list[float]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import require_matplotlib, sweep
+    from .sweep import check_sweep_outputs, require_matplotlib, sweep
 
     alphas = _parse_alphas(args.alphas)
     if args.plot:
         require_matplotlib()  # before the votes, not after
-    result = sweep(_load_recipe(args), alphas=alphas, votes=args.votes, progress=not args.no_progress)
+    recipe = _load_recipe(args)
+    outputs = {"json": args.json_path, "markdown": args.markdown, "plot": args.plot}
+    check_sweep_outputs(recipe, outputs, overwrite=args.overwrite, votes=args.votes)  # before the votes too
+    result = sweep(recipe, alphas=alphas, votes=args.votes, progress=not args.no_progress, force=args.force)
     table = result.to_markdown()
     print(f"α chosen on {result.validation['split']} ({result.validation['n_samples']} samples)"
           + (f", reported on {result.test['split']} ({result.test['n_samples']} samples)" if result.test else
@@ -298,12 +306,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(table)
     for message in result.warnings:
         print(f"warning: {message}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    if args.plot:
-        print(f"wrote {result.plot(args.plot)}")
+    for path in result.save(**outputs, overwrite=args.overwrite):
+        print(f"wrote {path}")
     return 0
 
 
@@ -344,6 +348,21 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error_line(exc: BaseException) -> str:
+    """The error as one line; an OSError names its file and the system's reason."""
+    if isinstance(exc, OSError) and not isinstance(exc, GradFixError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _silence_progress_bars() -> None:
+    import datasets
+    import huggingface_hub.utils
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect": _cmd_inspect,
             "methods": _cmd_methods, "quickstart": _cmd_quickstart, "push": _cmd_push}
 
@@ -352,11 +371,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     reuse_from_environment()  # GRADFIX_REUSE_FREED_MEMORY=1: keep freed blocks (gradfix_hf/runtime/allocator.py)
+    if getattr(args, "no_progress", False):  # also the bars of the libraries the run calls
+        _silence_progress_bars()
     try:
         return COMMANDS[args.command](args)
-    except GradFixError as exc:
+    except (GradFixError, OSError) as exc:  # bad input, or a file the system refuses: one line, no traceback
         if launched_rank() == 0:  # under a launcher every process fails alike; the main one says why
-            print(f"gradfix: error: {exc}", file=sys.stderr)
+            print(f"gradfix: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     finally:
         if args.command in ("run", "votes"):

@@ -34,6 +34,11 @@ class VotesFileError(GradFixError):
     """A votes file is corrupt, truncated, or was computed for another target or parameter set."""
 
 
+class OutputError(GradFixError):
+    """An output cannot be written where asked: it would replace an input or something gradfix did not write,
+    its path is blocked, or the disk is full."""
+
+
 class NonFiniteError(GradFixError):
     """NaN or inf found in weights or gradients."""
 

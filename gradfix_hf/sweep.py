@@ -13,6 +13,7 @@ own best α), the recipe's method and the oracle when ``models.target_finetuned`
 """
 from __future__ import annotations
 
+import json as json_module
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,15 +22,60 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .errors import GradFixError, RecipeError
+from .errors import GradFixError, OutputError, RecipeError
 from .merge import MergeJob
 from .metrics import score_model
 from .plan import load_base_model
 from .recipe import Recipe
+from .storage import atomic_file, check_destination, check_not_an_input, real_path
 from .transport import (alpha_grid, as_recipe, candidate_jobs, choose, comparison_jobs, evaluation_metrics,
-                        few_shot_baseline, oracle_jobs, prepare, recipe_votes, score_jobs)
+                        few_shot_baseline, oracle_jobs, prepare, recipe_inputs, recipe_votes, score_jobs)
 
 logger = logging.getLogger("gradfix_hf")
+PathLike = Union[str, os.PathLike]
+#: what marks each output file as a sweep's (only such a file is replaced with ``overwrite``)
+PNG_SOFTWARE = "gradfix_hf sweep"
+MARKDOWN_HEAD = "| method | best α (on validation) |"
+
+
+def _is_sweep_json(path: Path) -> bool:
+    try:
+        data = json_module.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and {"metric", "alphas", "methods"} <= set(data)
+
+
+def _is_sweep_markdown(path: Path) -> bool:
+    try:
+        return Path(path).read_text(errors="replace").startswith(MARKDOWN_HEAD)
+    except OSError:
+        return False
+
+
+def _is_sweep_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8192)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PNG_SOFTWARE.encode() in head
+
+
+RECOGNISERS = {"json": _is_sweep_json, "markdown": _is_sweep_markdown, "plot": _is_sweep_png}
+
+
+def check_sweep_outputs(recipe: Union[Recipe, PathLike, dict], outputs: dict[str, Optional[PathLike]], *,
+                        overwrite: bool = False, votes: Optional[PathLike] = None) -> None:
+    """Before any work: the sweep's output files (``{"json": …, "markdown": …, "plot": …}``) are distinct, none is
+    an input of the recipe, and none replaces anything but a previous sweep output (with ``overwrite``)."""
+    paths = {kind: Path(path) for kind, path in outputs.items() if path is not None}
+    if len({real_path(path) for path in paths.values()}) < len(paths):
+        raise OutputError(f"sweep outputs: {', '.join(map(str, paths.values()))} must be different files.")
+    inputs = recipe_inputs(as_recipe(recipe), votes)
+    for kind, path in paths.items():
+        check_not_an_input(path, inputs, f"sweep {kind}")
+        check_destination(path, overwrite=overwrite, recognise=RECOGNISERS[kind], folder=False, where=f"sweep {kind}")
 
 
 def require_matplotlib() -> tuple[Any, Any]:
@@ -89,7 +135,7 @@ class SweepResult:
                           f"validation {self.metric} {self.chosen['validation']:.4f})."]
         return "\n".join(lines)
 
-    def plot(self, path: Union[str, os.PathLike]) -> Path:
+    def plot(self, path: PathLike, *, overwrite: bool = False) -> Path:
         """A PNG of the validation score (the metric that picks α) against α per method, the chosen α starred,
         with horizontal lines for θ_B zero-shot and the few-shot fine-tuning baseline. Needs ``gradfix_hf[plot]``."""
         Figure, FigureCanvasAgg = require_matplotlib()
@@ -112,15 +158,31 @@ class SweepResult:
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         figure.tight_layout()
-        path = Path(path)
-        figure.savefig(path, format="png")
-        return path
+        return atomic_file(path, lambda tmp: figure.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE}),
+                           overwrite=overwrite, recognise=_is_sweep_png, where="sweep plot")
+
+    def save(self, json: Optional[PathLike] = None, markdown: Optional[PathLike] = None,
+             plot: Optional[PathLike] = None, *, overwrite: bool = False) -> list[Path]:
+        """Write the result as JSON, the table as markdown and the plot as PNG, each where asked (atomically;
+        ``overwrite`` replaces only previous sweep outputs). Returns the paths written."""
+        written = []
+        if json is not None:
+            text = json_module.dumps(self.to_dict(), indent=2) + "\n"
+            written.append(atomic_file(json, lambda tmp: tmp.write_text(text), overwrite=overwrite,
+                                       recognise=_is_sweep_json, where="sweep json"))
+        if markdown is not None:
+            table = self.to_markdown() + "\n"
+            written.append(atomic_file(markdown, lambda tmp: tmp.write_text(table), overwrite=overwrite,
+                                       recognise=_is_sweep_markdown, where="sweep markdown"))
+        if plot is not None:
+            written.append(self.plot(plot, overwrite=overwrite))
+        return written
 
 
 
 def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[list[float]] = None,
           votes: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
-          progress: bool = True) -> SweepResult:
+          progress: bool = True, force: bool = False) -> SweepResult:
     """Score every method of a single-task recipe over an α grid on the validation split; choose α per method
     there, then report the chosen α's score on the test split (when ``evaluation.test_split`` is set). The
     baselines without α (θ_B zero-shot, few-shot fine-tuning) are scored on both splits."""
@@ -132,7 +194,7 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
     grid = alpha_grid(recipe, alphas)
     prepared = prepare(recipe, token=token)
     metrics = evaluation_metrics(prepared)
-    vote_files = recipe_votes(recipe, [prepared], votes=votes, progress=progress)
+    vote_files = recipe_votes(recipe, [prepared], votes=votes, progress=progress, force=force)
     model = load_base_model(prepared.plan)
     objective, validation, test = prepared.objective, prepared.eval_samples, prepared.test_samples
 

@@ -4,9 +4,15 @@ before any gradient work, and nothing is written (no output folder, no hidden pa
 Errors that are raised before gradients are checked on ``prepare`` (which does no gradient work), and the
 same recipe is then run through ``transport`` (or the CLI) to check that nothing was written.
 """
+import hashlib
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +22,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import WORDS, recipe_dict, tiny_config, word_tokenizer
-from gradfix_hf import Recipe, VotesFile, prepare, transport
+from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, transport
 from gradfix_hf.cli import main
 from gradfix_hf.errors import (CompatibilityError, DataError, GradFixError, ModelResolutionError, NonFiniteError,
                                RecipeError, VotesFileError)
@@ -63,13 +69,39 @@ def assert_nothing_written(out):
         assert not partial, f"partial output folders left behind: {partial}"
 
 
+def input_roots(raw, *extra):
+    """Every local folder or file a recipe reads (their parents: a trio's models and data sit side by side)."""
+    roots = {Path(p) for p in extra}
+    values = list((raw.get("models") or {}).values()) + [(raw.get("data") or {}).get("path"), raw.get("votes")]
+    for task in raw.get("tasks") or []:
+        values += [task.get("source_finetuned"), task.get("source"), task.get("votes")]
+    for value in values:
+        path = Path(value["path"] if isinstance(value, dict) else value) if value else None
+        if path is not None and path.exists():
+            roots.add(path.parent)
+    return sorted(roots)
+
+
+def snapshot(roots):
+    """sha256 of every file under ``roots``: what a failed run must leave exactly as it was."""
+    hashes = {}
+    for root in roots:
+        for path in ([root] if Path(root).is_file() else sorted(Path(root).rglob("*"))):
+            if path.is_file() and ".partial-" not in path.name:
+                hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
 def assert_mentions(message, *fragments):
     for fragment in fragments:
         assert str(fragment) in message, f"{fragment!r} not in error message: {message}"
 
 
 def fails_before_gradients(raw, exc_type, *fragments, tmp_path, loss_fn=None):
-    """``prepare`` raises ``exc_type`` naming ``fragments``; ``transport`` then writes nothing."""
+    """``prepare`` raises ``exc_type`` naming ``fragments``; ``transport`` then writes nothing and leaves every
+    input file as it was."""
+    roots = input_roots(raw, tmp_path)
+    before = snapshot(roots)
     with pytest.raises(exc_type) as info:
         prepare(Recipe.from_dict(raw, loss_fn=loss_fn))
     message = str(info.value)
@@ -79,6 +111,7 @@ def fails_before_gradients(raw, exc_type, *fragments, tmp_path, loss_fn=None):
         transport(raw, out, progress=False, loss_fn=loss_fn)
     assert str(again.value) == message
     assert_nothing_written(out)
+    assert snapshot(roots) == before, "an input file was changed or removed"
     return message
 
 
@@ -90,12 +123,19 @@ def write_recipe(tmp_path, raw, name="recipe.yaml"):
 
 def cli_fails(tmp_path, capsys, recipe_path, *fragments, extra=()):
     out = tmp_path / "cli-out"
+    try:
+        raw = yaml.safe_load(Path(recipe_path).read_text())
+    except (OSError, yaml.YAMLError):  # a missing or broken recipe: its folder is still checked
+        raw = {}
+    roots = input_roots(raw if isinstance(raw, dict) else {}, tmp_path)
+    before = snapshot(roots)
     capsys.readouterr()  # drop what the test printed so far (progress bars of save_pretrained)
     assert main(["run", str(recipe_path), "-o", str(out), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradfix: error:"), err
     assert_mentions(err, *fragments)
     assert_nothing_written(out)
+    assert snapshot(roots) == before, "an input file was changed or removed"
     return err
 
 
@@ -633,3 +673,309 @@ def test_output_path_that_is_or_lies_under_a_file_fails_before_gradients(bert, t
     assert calls == []  # refused before any gradient work
     assert blocker.read_text() == "not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+# ---------------------------------------------------------------- the safety table
+# Each case builds its inputs, runs the CLI (exit 2, one `gradfix: error:` line, no traceback) or the Python API
+# (a GradFixError subclass), and checks the message, that nothing was written and that every input file under
+# the recipe's folders and the test's folder is byte for byte what it was.
+
+
+def _cli(argv, raw, *fragments, outputs=()):
+    return {"argv": [str(a) for a in argv], "raw": raw, "fragments": fragments, "outputs": outputs}
+
+
+def _api(call, raw, exc, *fragments, outputs=()):
+    return {"api": call, "raw": raw, "exc": exc, "fragments": fragments, "outputs": outputs}
+
+
+def _run(tmp_path, raw, *args):
+    return ["run", write_recipe(tmp_path, raw), "--no-progress", *args]
+
+
+def _out_over_input(which):
+    def build(trio, tmp_path):
+        raw = bert_recipe(trio, models={"target": str(copy_model(trio, "target", tmp_path))})
+        data = tmp_path / "data" / "train.jsonl"
+        data.parent.mkdir()
+        shutil.copy(trio["train"], data)
+        raw["data"]["path"] = str(data)
+        recipe = write_recipe(tmp_path, raw)
+        out, fragment = {"target": (tmp_path / "target", "is models.target"),
+                         "inside-target": (tmp_path / "target" / "out", "lies inside models.target"),
+                         "data-folder": (tmp_path / "data", "contains data.path"),
+                         "data-file": (data, "is data.path"),
+                         "recipe": (Path(recipe), "is the recipe"),
+                         "recipe-folder": (tmp_path, "contains")}[which]
+        return _cli(["run", recipe, "-o", out, "--overwrite", "--no-progress"], raw, str(out), fragment,
+                    "never replaces")
+    return build
+
+
+def _out_is_foreign_folder(trio, tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("years of work")
+    raw = bert_recipe(trio)
+    return _cli(_run(tmp_path, raw, "-o", out, "--overwrite"), raw, str(out), "chapter1.tex",
+                "that gradfix did not write")
+
+
+def _api_output_is_target(trio, tmp_path):
+    raw = bert_recipe(trio, models={"target": str(copy_model(trio, "target", tmp_path))})
+    return _api(lambda: transport(raw, tmp_path / "target", overwrite=True, progress=False), raw, GradFixError,
+                "is models.target", str(tmp_path / "target"))
+
+
+def _votes_output(kind):
+    def build(trio, tmp_path):
+        raw = bert_recipe(trio)
+        data = tmp_path / "train.jsonl"
+        shutil.copy(trio["train"], data)
+        raw["data"]["path"] = str(data)
+        recipe = write_recipe(tmp_path, raw)
+        if kind == "data":
+            return _cli(["votes", recipe, "-o", data, "--overwrite"], raw, "votes file", "is data.path")
+        if kind == "folder":
+            (tmp_path / "votes").mkdir()
+            return _cli(["votes", recipe, "-o", tmp_path / "votes"], raw, "is an existing folder, not a file")
+        notes = tmp_path / "notes.safetensors"
+        notes.write_text("my notes")
+        return _cli(["votes", recipe, "-o", notes, "--overwrite"], raw, str(notes), "that gradfix did not write")
+    return build
+
+
+def _sweep_output(kind):
+    def build(trio, tmp_path):
+        raw = bert_recipe(trio, evaluation={"path": str(trio["test"]), "split": "train", "alphas": [0.5, 1.0]})
+        recipe = write_recipe(tmp_path, raw)
+        if kind == "recipe":
+            return _cli(["sweep", recipe, "--json", recipe, "--overwrite", "--no-progress"], raw, "sweep json",
+                        "is the recipe")
+        table = tmp_path / "table.md"
+        table.write_text("# my own notes\n")
+        return _cli(["sweep", recipe, "--markdown", table, "--overwrite", "--no-progress"], raw, str(table),
+                    "that gradfix did not write")
+    return build
+
+
+def _votes_inside_output(trio, tmp_path):
+    raw = bert_recipe(trio)
+    votes_dir = tmp_path / "work"
+    votes_dir.mkdir()
+    votes = compute_recipe_votes(prepare(Recipe.from_dict(raw)), progress=False).save(votes_dir / "v.safetensors")
+    return _cli(_run(tmp_path, raw, "-o", votes_dir, "--overwrite", "--votes", votes), raw, "contains --votes",
+                str(votes))
+
+
+def _recipe_value(key, value, *fragments):
+    def build(trio, tmp_path):
+        raw = bert_recipe(trio)
+        section, _, field_name = key.rpartition(".")
+        target = raw.setdefault(section, {}) if section else raw
+        target[field_name] = value
+        return _cli(_run(tmp_path, raw, "-o", tmp_path / "out", "--dry-run"), raw, *fragments,
+                    outputs=[tmp_path / "out"])
+    return build
+
+
+def _infinite_task_weight(trio, tmp_path):
+    raw = bert_recipe(trio)
+    ft = raw["models"].pop("source_finetuned")
+    raw.update(tasks=[{"source_finetuned": ft, "weight": float("inf"), "data": raw.pop("data")}],
+               method={"name": "task_arithmetic"})
+    return _cli(_run(tmp_path, raw, "-o", tmp_path / "out"), raw, "tasks[0].weight", "finite")
+
+
+def _metric_script(dry_run):
+    def build(trio, tmp_path):
+        script = tmp_path / "evil" / "evil.py"
+        script.parent.mkdir()
+        script.write_text(f"import pathlib\npathlib.Path({str(script.with_name('RAN'))!r}).write_text('x')\n")
+        raw = bert_recipe(trio, evaluation={"path": str(trio["test"]), "split": "train",
+                                            "metrics": [str(script)]})
+        if dry_run:
+            return _cli(_run(tmp_path, raw, "-o", tmp_path / "out", "--dry-run"), raw, "not a built-in metric",
+                        "trust_remote_code: true", outputs=[tmp_path / "out", script.with_name("RAN")])
+        return _api(lambda: prepare(Recipe.from_dict(raw)), raw, RecipeError, str(script), "not a built-in metric",
+                    outputs=[script.with_name("RAN")])
+    return build
+
+
+def _remote_code_model(trust):
+    def build(trio, tmp_path):
+        target = copy_model(trio, "target", tmp_path)
+        config = json.loads((target / "config.json").read_text())
+        config.update(model_type="shady-bert", auto_map={"AutoConfig": "configuration_shady.ShadyConfig"})
+        (target / "config.json").write_text(json.dumps(config))
+        (target / "configuration_shady.py").write_text(f"import pathlib\npathlib.Path({str(target / 'RAN')!r})"
+                                                       ".write_text('x')\n")
+        raw = bert_recipe(trio, models={"target": str(target)}, trust_remote_code=trust)
+        return _cli(_run(tmp_path, raw, "-o", tmp_path / "out", "--dry-run"), raw, "models.target",
+                    "auto_map", "never under --dry-run", outputs=[tmp_path / "out", target / "RAN"])
+    return build
+
+
+@pytest.fixture(scope="module")
+def bert_votes_file(bert, tmp_path_factory):
+    """Votes of the bert trio's θ_B (computed once for the table)."""
+    path = tmp_path_factory.mktemp("bert-votes") / "votes.safetensors"
+    return compute_recipe_votes(prepare(Recipe.from_dict(bert_recipe(bert))), progress=False).save(path)
+
+
+def _votes_of_another_target(trio, tmp_path, votes_file):
+    """θ_B^ft has θ_B's architecture and shapes, but other weights: the votes of θ_B are not its votes."""
+    raw = bert_recipe(trio, models={"target": str(trio["target_finetuned"])})
+    return _cli(_run(tmp_path, raw, "-o", tmp_path / "out", "--votes", votes_file), raw,
+                "computed on another target", str(trio["target"]), str(trio["target_finetuned"]), "--force",
+                outputs=[tmp_path / "out"])
+
+
+def _overflowing_merge(trio, tmp_path):
+    """Finite inputs whose sum overflows float32: the output tensor is refused by name, nothing is written."""
+    big = 3.0e38
+    target, finetuned = copy_model(trio, "target", tmp_path), copy_model(trio, "source_finetuned", tmp_path)
+    rewrite_weights(target, lambda s: s[QUERY].view(-1).__setitem__(0, big))
+    source = copy_model(trio, "source", tmp_path)
+    base = load_file(source / "model.safetensors")[QUERY].view(-1)[0].item()
+    rewrite_weights(finetuned, lambda s: s[f"bert.{QUERY}"].view(-1).__setitem__(0, base + big))
+    raw = bert_recipe(trio, models={"target": str(target), "source": str(source),
+                                    "source_finetuned": str(finetuned)}, method={"mask": "naive", "alpha": 1.0})
+    return _cli(_run(tmp_path, raw, "-o", tmp_path / "out"), raw, f"output tensor 'bert.{QUERY}'", "NaN/inf",
+                outputs=[tmp_path / "out"])
+
+
+def _data_file(content, *fragments, binary=False):
+    def build(trio, tmp_path):
+        data = tmp_path / "train.jsonl"
+        if binary:
+            data.write_bytes(content)
+        else:
+            data.write_text(Path(trio["train"]).read_text() + content)
+        raw = bert_recipe(trio, data={"path": str(data)})
+        return _cli(_run(tmp_path, raw, "-o", tmp_path / "out"), raw, str(data), *fragments,
+                    outputs=[tmp_path / "out"])
+    return build
+
+
+SAFETY_CASES = {
+    "output-is-target": _out_over_input("target"),
+    "output-inside-target": _out_over_input("inside-target"),
+    "output-contains-data": _out_over_input("data-folder"),
+    "output-is-data-file": _out_over_input("data-file"),
+    "output-is-recipe": _out_over_input("recipe"),
+    "output-contains-recipe": _out_over_input("recipe-folder"),
+    "overwrite-foreign-folder": _out_is_foreign_folder,
+    "api-output-is-target": _api_output_is_target,
+    "votes-output-is-data": _votes_output("data"),
+    "votes-output-is-folder": _votes_output("folder"),
+    "votes-output-foreign-file": _votes_output("foreign"),
+    "sweep-json-is-recipe": _sweep_output("recipe"),
+    "sweep-markdown-foreign": _sweep_output("foreign"),
+    "output-contains-votes": _votes_inside_output,
+    "bool-string-false": _recipe_value("trust_remote_code", "false", "trust_remote_code", "the string 'false'"),
+    "bool-string-no": _recipe_value("allow_pickle", "no", "allow_pickle", "the string 'no'"),
+    "bool-string-force": _recipe_value("method.force", "yes", "method.force", "the string 'yes'"),
+    "int-as-string": _recipe_value("data.samples_per_class", "2", "data.samples_per_class"),
+    "int-as-bool": _recipe_value("data.seed", True, "data.seed"),
+    "int-as-float": _recipe_value("vote_batch_size", 1.5, "vote_batch_size"),
+    "alpha-nan": _recipe_value("method.alpha", float("nan"), "method.alpha"),
+    "alpha-inf": _recipe_value("method.alpha", float("inf"), "method.alpha"),
+    "rho-inf": _recipe_value("method.rho", float("inf"), "method.rho"),
+    "max-samples-zero": _recipe_value("evaluation", {"split": "train", "max_samples": 0}, "evaluation.max_samples"),
+    "prompt-unknown-field": _recipe_value("data.prompt", "{text} {title}", "data.prompt", "title"),
+    "prompt-positional": _recipe_value("data.prompt", "{text} {}", "data.prompt"),
+    "prompt-pair-without-column": _recipe_value("data.prompt", "{text} {text_pair}", "data.prompt", "text_pair"),
+    "path-not-a-string": _recipe_value("data.text_column", 5, "data.text_column"),
+    "task-weight-inf": _infinite_task_weight,
+    "metric-script-dry-run": _metric_script(True),
+    "metric-script-untrusted": _metric_script(False),
+    "remote-code-untrusted": _remote_code_model(False),
+    "remote-code-dry-run": _remote_code_model(True),
+    "overflowing-merge": _overflowing_merge,
+    "null-text": _data_file('{"text": null, "label": 1}\n', "row 60", "null"),
+    "empty-text": _data_file('{"text": "   ", "label": 0}\n', "row 60", "empty"),
+    "null-label": _data_file('{"text": "good", "label": null}\n', "row 60", "label"),
+    "broken-json-line": _data_file('{"text": "good", "label": 1\n', ":61:", "not valid JSON"),
+    "not-utf8": _data_file(b'{"text": "caf\xe9", "label": 1}\n', ":1:", "UTF-8", binary=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAFETY_CASES) + ["votes-of-another-target"])
+def test_safety_table(name, bert, bert_votes_file, tmp_path, capsys):
+    if name == "votes-of-another-target":
+        case = _votes_of_another_target(bert, tmp_path, bert_votes_file)
+    else:
+        case = SAFETY_CASES[name](bert, tmp_path)
+    roots = input_roots(case["raw"], tmp_path)
+    before = snapshot(roots)
+    capsys.readouterr()
+    if "argv" in case:
+        code = main(case["argv"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "gradfix: error:" in err and "Traceback" not in err, err
+        message = err
+    else:
+        with pytest.raises(case["exc"]) as info:
+            case["api"]()
+        message = str(info.value)
+    assert_mentions(message, *case["fragments"])
+    assert snapshot(roots) == before, "an input file was changed or removed"
+    for path in case["outputs"]:
+        assert not Path(path).exists(), f"{path} was written"
+    assert not list(tmp_path.rglob("*.partial-*")), "partial outputs left behind"
+
+
+# ---------------------------------------------------------------- kill -9 and concurrent runs
+
+def _gradfix(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gradfix_hf", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _complete(folder):
+    """A finished output: its report, weights and config are all there and readable."""
+    report = json.loads((folder / "gradfix_report.json").read_text())
+    return report["totals"]["transported_coordinates"] > 0 and (folder / "model.safetensors").is_file() \
+        and (folder / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_leaves_no_output_that_looks_finished(bert, tmp_path):
+    recipe = write_recipe(tmp_path, bert_recipe(bert))
+    out = tmp_path / "out"
+    for moment in ("startup", "writing"):
+        process = _gradfix("run", recipe, "-o", out, "--no-progress")
+        deadline = time.time() + 120
+        if moment == "startup":
+            time.sleep(1.0)
+        else:  # the moment its hidden partial folder exists: it is writing the output
+            while not list(tmp_path.glob(".out.partial-*")) and process.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        assert not out.exists() or _complete(out)
+    assert not out.exists()  # both runs died before their output was moved into place
+    done = _gradfix("run", recipe, "-o", out, "--no-progress")
+    assert done.wait(timeout=300) == 0, done.stderr.read()[-3000:]
+    assert _complete(out)
+    assert not list(tmp_path.glob(".out.partial-*")), "the dead runs' partial folders were not cleaned"
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_output(bert, tmp_path):
+    recipe = write_recipe(tmp_path, bert_recipe(bert))
+    out = tmp_path / "out"
+    processes = [_gradfix("run", recipe, "-o", out, "--no-progress") for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    _, err = next(r for r in results if r[0] == 2)
+    assert "gradfix: error:" in err and "Traceback" not in err, err
+    assert "already exists" in err or "appeared while this run was writing" in err, err
+    assert _complete(out)
+    if "appeared" in err:  # the loser finished too: its output is kept beside, under the name it gives
+        kept = Path(err.strip().rsplit(" is at ", 1)[1].rstrip("."))
+        assert kept != out and _complete(kept)
+    assert not list(tmp_path.glob(".out.partial-*"))

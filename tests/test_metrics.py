@@ -10,8 +10,8 @@ from conftest import recipe_dict
 from gradfix_hf import Recipe, prepare
 from gradfix_hf.errors import RecipeError
 from gradfix_hf.plan import load_base_model
-from gradfix_hf.metrics import (BUILTIN_METRICS, METRICS_DIR, MetricSet, collect_predictions, load_metric,
-                                metric_source, score_model)
+from gradfix_hf.metrics import (BUILTIN_METRICS, METRICS_DIR, MetricSet, clear_metric_cache, collect_predictions,
+                                load_metric, metric_source, score_model)
 
 
 @pytest.fixture
@@ -25,9 +25,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
-    load_metric.cache_clear()
+    clear_metric_cache()
     yield
-    load_metric.cache_clear()
+    clear_metric_cache()
 
 
 @pytest.mark.parametrize("name", BUILTIN_METRICS)
@@ -42,12 +42,16 @@ def test_builtin_metrics_load_from_the_package_with_the_hub_unreachable(no_netwo
 
 
 def test_a_hub_metric_that_cannot_be_loaded_is_a_clear_error_before_any_model_is_read(no_network):
-    recipe = Recipe.from_dict({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
-                               "data": {"path": "d.jsonl"}, "evaluation": {"metrics": ["accuracy", "precision"]}})
+    raw = {"models": {"target": "t", "source": "s", "source_finetuned": "f"}, "data": {"path": "d.jsonl"},
+           "evaluation": {"metrics": ["accuracy", "precision"]}}
+    recipe = Recipe.from_dict(raw)
     assert recipe.evaluation.metrics == ("accuracy", "precision")  # reading a recipe loads nothing
+    with pytest.raises(RecipeError, match=r"evaluation\.metrics: 'precision' is not a built-in metric .accuracy, "
+                                          r"f1, exact_match.; loading it runs its script .* trust_remote_code: true"):
+        prepare(recipe)  # the models "t", "s", "f" do not exist: the metric is checked first
     with pytest.raises(RecipeError, match=r"evaluation\.metrics: cannot load metric 'precision'.*accuracy, f1, "
                                           r"exact_match.*needs network"):
-        prepare(recipe)  # the models "t", "s", "f" do not exist: the metric is checked first
+        prepare(Recipe.from_dict({**raw, "trust_remote_code": True}))
 
 
 @pytest.mark.parametrize("metrics,message", [
@@ -59,14 +63,34 @@ def test_bad_metric_lists_are_rejected_when_the_recipe_is_read(metrics, message)
                           "data": {"path": "d.jsonl"}, "evaluation": {"metrics": metrics}})
 
 
-def test_a_metric_that_cannot_be_loaded_fails_the_dry_run(tmp_path, capsys):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"models": {"target": "t", "source": "s", "source_finetuned": "f"},
-                                      "data": {"path": "d.jsonl"}, "evaluation": {"metrics": ["no_such_metric_xyz"]}}))
+METRIC_SCRIPT = """
+import pathlib
+pathlib.Path({marker!r}).write_text("the metric script ran")  # evaluate runs a copy: the marker path is absolute
+raise ImportError("a script that is not a metric")
+"""
+
+
+def test_a_metric_script_runs_only_with_trust_remote_code_and_never_under_dry_run(tmp_path, capsys):
+    """A path in evaluation.metrics is code: refused without the flag, not even loaded by a dry run."""
     from gradfix_hf.cli import main
 
+    script = tmp_path / "evil" / "evil.py"
+    script.parent.mkdir()
+    script.write_text(METRIC_SCRIPT.format(marker=str(script.parent / "EXECUTED")))
+    raw = {"models": {"target": "t", "source": "s", "source_finetuned": "f"}, "data": {"path": "d.jsonl"},
+           "evaluation": {"metrics": [str(script)]}}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
     assert main(["run", str(recipe), "--dry-run"]) == 2
-    assert "evaluation.metrics: cannot load metric 'no_such_metric_xyz'" in capsys.readouterr().err
+    assert f"'{script}' is not a built-in metric" in capsys.readouterr().err
+    recipe.write_text(yaml.safe_dump({**raw, "trust_remote_code": True}))
+    assert main(["run", str(recipe), "--dry-run"]) == 2  # fails later, on the models that do not exist
+    assert "models." in capsys.readouterr().err
+    assert not (script.parent / "EXECUTED").exists()  # no code ran, trusted or not
+    clear_metric_cache()
+    with pytest.raises(RecipeError, match="cannot load metric"):
+        prepare(Recipe.from_dict({**raw, "trust_remote_code": True}))
+    assert (script.parent / "EXECUTED").exists()  # with the flag, outside a dry run, evaluate runs it
 
 
 def test_recipe_metrics_default_and_round_trip():

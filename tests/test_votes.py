@@ -422,15 +422,15 @@ def test_save_is_atomic(tmp_path):
     before = path.read_bytes()
     # a save that fails half-way leaves the previous file intact and no temporary file behind
     broken = VotesFile(votes=vf.votes, metadata={**vf.metadata, "n_samples": 5}, evidence=vf.evidence)
-    with pytest.raises(Exception):
-        broken.save(path)
+    with pytest.raises(TypeError, match="metadata must map strings to strings"):
+        broken.save(path, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["votes.safetensors"]
     assert path.read_bytes() == before
-    # a new file is renamed into place: a reader holding the old file still reads it whole
+    # a new file is moved into place: a reader holding the old file still reads it whole
     inode = path.stat().st_ino
     with open(path, "rb") as reader:
         vf.metadata["data_source"] = "y.jsonl"
-        vf.save(path)
+        vf.save(path, overwrite=True)
         assert reader.read() == before
     assert path.stat().st_ino != inode
     assert sorted(p.name for p in folder.iterdir()) == ["votes.safetensors"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..methods import GlobalTrim, MergeMethod, TensorInputs, get
 from ..plan import SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan
-from ..storage import ShardedSafetensorsWriter, VotesFile
+from ..storage import ShardedSafetensorsWriter, VotesFile, check_finite
 from .drift import drift_norms, sign_agreement, tensor_drift
 
 
@@ -127,7 +127,9 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
     # multiply-add, which rounds differently) without another model-sized tensor; α = 1 skips the multiply
     if job.alpha != 1:
         delta.mul_(job.alpha)
-    return delta.add_(target), stats
+    output = delta.add_(target)
+    check_finite(output, f"output tensor {name!r} (θ_B + α·delta, α = {job.alpha:g})")  # never written, never scored
+    return output, stats
 
 
 def _nonzero_of_union(taus: list[torch.Tensor]) -> int:

@@ -23,9 +23,19 @@ def metric_source(name: str) -> str:
     return str(METRICS_DIR / name) if name in BUILTIN_METRICS else name
 
 
+def load_metric(name: str, where: str = "evaluation.metrics", *, trust_remote_code: bool = False) -> Any:
+    """The ``evaluate.EvaluationModule`` for ``name`` (kept in memory: no cache files), loaded once per process.
+
+    A built-in metric is the package's own script. Any other name makes ``evaluate`` fetch and run a script (from
+    the Hub, or a local path), so it is loaded only with ``trust_remote_code``."""
+    if name not in BUILTIN_METRICS and not trust_remote_code:
+        raise RecipeError(f"{where}: {name!r} is not a built-in metric ({', '.join(BUILTIN_METRICS)}); loading it "
+                          "runs its script (evaluate.load), which gradfix does only with trust_remote_code: true.")
+    return _load(name, where)
+
+
 @functools.lru_cache(maxsize=None)
-def load_metric(name: str, where: str = "evaluation.metrics") -> Any:
-    """The ``evaluate.EvaluationModule`` for ``name`` (kept in memory: no cache files), loaded once per process."""
+def _load(name: str, where: str) -> Any:
     import evaluate
 
     try:
@@ -37,9 +47,20 @@ def load_metric(name: str, where: str = "evaluation.metrics") -> Any:
             "network, or a local path to its folder/script).") from None
 
 
-def check_available(names: Sequence[str], where: str = "evaluation.metrics") -> None:
-    """Load every metric other than the built-in ones now, so that a metric that cannot be loaded fails when a
-    run is prepared, not after the votes (the names' form is checked when the recipe is read)."""
+def clear_metric_cache() -> None:
+    """Forget the metrics loaded in this process (the next :func:`load_metric` loads again)."""
+    _load.cache_clear()
+
+
+def check_available(names: Sequence[str], where: str = "evaluation.metrics", *, trust_remote_code: bool = False,
+                    run_code: bool = True) -> None:
+    """Before the votes: every metric other than the built-in ones needs ``trust_remote_code`` (its script runs
+    when loaded), and is loaded now so that one that cannot be loaded fails when a run is prepared. With
+    ``run_code`` False (a dry run) nothing is loaded: the flag is still checked."""
     for name in names:
-        if name not in BUILTIN_METRICS:
-            load_metric(name, where)
+        if name in BUILTIN_METRICS:
+            continue
+        if not trust_remote_code:
+            load_metric(name, where)  # the refusal, with its reason
+        if run_code:
+            load_metric(name, where, trust_remote_code=True)

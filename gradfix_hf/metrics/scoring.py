@@ -44,12 +44,13 @@ class MetricSet:
     """The metrics of a run, loaded once: the recipe's names in order (the first one picks α), plus
     ``exact_match`` for an objective that generates its label."""
 
-    def __init__(self, names: Sequence[str] = DEFAULT_METRICS, objective: Optional[Objective] = None):
+    def __init__(self, names: Sequence[str] = DEFAULT_METRICS, objective: Optional[Objective] = None, *,
+                 trust_remote_code: bool = False):
         names = tuple(names)
         if objective is not None and generates(objective) and "exact_match" not in names:
             names += ("exact_match",)
         self.names = names
-        self.modules = {name: load_metric(name) for name in names}
+        self.modules = {name: load_metric(name, trust_remote_code=trust_remote_code) for name in names}
         self.text_metrics = {name for name, module in self.modules.items() if _takes_text(module)}
 
     def compute(self, predictions: Predictions, num_labels: int) -> dict[str, float]:

@@ -2,6 +2,8 @@
 vocabulary with the same token ids; LoRA adapters bound to their bases; the task config of the output."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import transformers
@@ -19,10 +21,26 @@ def load_config(model: ResolvedModel, trust_remote_code: bool = False) -> transf
     if model.is_adapter:
         base_config = load_config(bound_base(model), trust_remote_code)
         return adapter_model_config(model, base_config, HEAD_CONFIG_FIELDS, trust_remote_code)
+    if not trust_remote_code and _needs_own_code(model.local_dir):
+        raise CompatibilityError(f"{model.role} ({model.name}): its config.json names the model's own code "
+                                 "(auto_map); gradfix runs a model's code only with trust_remote_code: true, and "
+                                 "never under --dry-run.")
     try:
         return transformers.AutoConfig.from_pretrained(str(model.local_dir), trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as exc:
         raise CompatibilityError(f"{model.role}: cannot read config.json of {model.name}: {exc}") from None
+
+
+def _needs_own_code(folder: Path) -> bool:
+    """Whether a model folder's config.json can only be read with Python code shipped with the model: it names
+    some (``auto_map``) for a ``model_type`` transformers does not know (a known one uses transformers' class)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        raw = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # transformers reports an unreadable config itself
+    return isinstance(raw, dict) and bool(raw.get("auto_map")) and raw.get("model_type") not in CONFIG_MAPPING
 
 
 def bind_adapters(models: dict[str, ResolvedModel]) -> None:

@@ -12,6 +12,7 @@ names the model, the tensor and the reason, raised before any gradient work.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,7 +21,7 @@ import torch
 from ..errors import CompatibilityError
 from ..hub import ResolvedModel
 from ..lora import LoraAdapterReader, module_kinds
-from ..storage import CheckpointReader, align_names
+from ..storage import CheckpointReader, align_names, tensors_fingerprint
 from .layout import TargetLayout
 from .roles import ADAPTER_BASES, SOURCE, SOURCE_FT, TARGET, TARGET_FT
 
@@ -45,6 +46,12 @@ class TransportPlan:
         """The tensor of ``role`` as stored (``checked``: and checked for NaN/inf)."""
         reader = self.readers[role]
         return (reader.get_checked if checked else reader.get)(self.keys[role][name])
+
+    @functools.cached_property
+    def target_fingerprint(self) -> str:
+        """A fingerprint of θ_B's transported tensors: what a votes file records, and is checked against, so that
+        votes of another model with the same shapes are not taken for this one's."""
+        return tensors_fingerprint(self.readers[TARGET], {name: self.keys[TARGET][name] for name in self.transported})
 
     def summary(self) -> dict:
         return {"transported": len(self.transported), "copied_from_finetune": self.copied_from_finetune,

@@ -12,6 +12,7 @@ dtype, the tensor comes from ``safe_open`` as before.
 """
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 from pathlib import Path
@@ -177,6 +178,25 @@ class CheckpointReader:
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for key in self._where:
             yield key, self.get(key)
+
+
+#: bytes of each tensor that a fingerprint reads: SAMPLES pieces of SAMPLE_BYTES, spread from its start to its end
+SAMPLES, SAMPLE_BYTES = 8, 64
+
+
+def tensors_fingerprint(reader: CheckpointReader, keys: dict[str, str]) -> str:
+    """A short hash of the tensors ``keys`` maps to (name → checkpoint key): each name, dtype and shape, and a fixed
+    sample of its bytes (SAMPLES × SAMPLE_BYTES spread over it). Cheap (reads a few pages per tensor), yet two
+    models with the same shapes but other weights differ."""
+    digest = hashlib.sha256()
+    for name in sorted(keys):
+        tensor = reader.get(keys[name])
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+        span = max(raw.numel() - SAMPLE_BYTES, 0)
+        for start in sorted({span * i // (SAMPLES - 1) for i in range(SAMPLES)}):
+            digest.update(raw[start:start + SAMPLE_BYTES].numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional
@@ -18,16 +17,24 @@ from typing import Callable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..errors import VotesFileError
-from .safetensors_format import DTYPES, pread_tensor, read_header
+from .destinations import atomic_file
+from .safetensors_format import DTYPES, pread_tensor, read_header, read_metadata, write_file
 
 FORMAT = "gradfix-votes"
 FORMAT_VERSION = "1"
 ROWS, BITS = "evidence_rows/", "evidence_bits/"
 REQUIRED_METADATA = ("format", "format_version", "n_samples", "aggregation", "objective", "target",
                      "data_fingerprint", "params_fingerprint", "library_version")
+
+
+def is_votes_file(path: Path) -> bool:
+    """Whether ``path`` is a gradfix votes file (by its metadata), the only file ``overwrite`` may replace."""
+    try:
+        return read_metadata(Path(path)).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def vote_dtype(n_samples: int) -> torch.dtype:
@@ -63,25 +70,17 @@ class VotesFile:
         ev = self.evidence.get(name)
         return torch.ones(self.votes[name].shape, dtype=torch.bool) if ev is None else ev
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: a temporary file in the same folder renamed into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write atomically (a hidden temporary file moved into place) and deterministically: identical votes and
+        metadata give identical bytes. ``overwrite`` replaces a previous votes file, nothing else."""
         tensors = {name: v.contiguous() for name, v in self.votes.items()}
         for name, ev in self.evidence.items():
             if ev.dim() >= 2 and bool((ev == ev[..., :1]).all()):
                 tensors[ROWS + name] = ev.reshape(ev.shape[0], -1)[:, 0].to(torch.uint8).contiguous()
             else:
                 tensors[BITS + name] = torch.from_numpy(np.packbits(ev.flatten().numpy()))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=self.metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_file(path, lambda temporary: write_file(temporary, tensors, self.metadata),
+                           overwrite=overwrite, recognise=is_votes_file, where="votes file")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VotesFile":

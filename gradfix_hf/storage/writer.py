@@ -24,9 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..recipe import parse_size
-from .safetensors_format import DTYPE_NAMES, LITTLE_ENDIAN
+from .safetensors_format import ALIGN, DTYPE_NAMES, LITTLE_ENDIAN, encode_header
 
-ALIGN = 64  # bytes: data start and streamed tensors
 
 
 def _raw_bytes(tensor: torch.Tensor) -> Optional[memoryview]:
@@ -63,21 +62,6 @@ def _held_order(items: list, name_and_dtype) -> list:
         name, dtype = name_and_dtype(item)
         return -torch.empty(0, dtype=dtype).element_size(), name
     return sorted(items, key=key)
-
-
-def _encode_header(entries: list[tuple[str, str, list[int], int]]) -> tuple[bytes, dict[str, int], int]:
-    """The 8-byte length and the JSON header of a shard holding ``entries`` (name, safetensors dtype, shape, bytes)
-    back to back in that order, padded with spaces so that the data starts ALIGN-byte aligned; also each
-    tensor's data offset and the data's total size."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offsets, offset = {}, 0
-    for name, dtype, shape, size in entries:
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offsets[name] = offset
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-(8 + len(encoded)) % ALIGN)
-    return len(encoded).to_bytes(8, "little") + encoded, offsets, offset
 
 
 class ShardedSafetensorsWriter:
@@ -123,7 +107,7 @@ class ShardedSafetensorsWriter:
         for i, members in enumerate(shards):
             streamed = [m for m in members if m[3] % ALIGN == 0]
             held = _held_order([m for m in members if m[3] % ALIGN], lambda m: (m[0], m[1]))
-            header, offsets, data_size = _encode_header([(n, DTYPE_NAMES[d], shape, size) for n, d, shape, size in
+            header, offsets, data_size = encode_header([(n, DTYPE_NAMES[d], shape, size) for n, d, shape, size in
                                                          streamed + held])
             path = self.folder / f".shard-{i:05d}.tmp"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -196,7 +180,7 @@ class ShardedSafetensorsWriter:
         streamed = [(name, dtype, shape, end - begin) for name, (dtype, shape, begin, end) in self._streamed.items()]
         held = _held_order(list(self._held.items()), lambda item: (item[0], item[1].dtype))
         held_entries = [(name, DTYPE_NAMES[t.dtype], list(t.shape), t.numel() * t.element_size()) for name, t in held]
-        header, _, _ = _encode_header(streamed + held_entries)
+        header, _, _ = encode_header(streamed + held_entries)
         with open(path, "wb") as out:
             out.write(header)
             if self._data_path is not None:

@@ -13,7 +13,9 @@ from .evaluation import (DEFAULT_ALPHAS, alpha_grid, comparison_jobs, evaluate_m
 from .few_shot import few_shot_baseline, few_shot_finetune
 from .output_folder import RECIPE_NAME, REPORT_NAME, atomic_folder, push_output_folder, read_report
 from .prepare import PreparedRun, prepare
-from .recipe_votes import compute_recipe_votes, load_votes_for, recipe_votes, vote_engine_name, vote_key
+from .inputs import recipe_inputs, resolved_inputs
+from .recipe_votes import (check_votes_output, compute_recipe_votes, load_votes_for, recipe_votes, vote_engine_name,
+                           vote_key)
 from .result import TransportResult
 from .run import as_recipe, run_recipe, transport
 
@@ -21,4 +23,5 @@ __all__ = ["transport", "run_recipe", "as_recipe", "prepare", "PreparedRun", "co
            "load_votes_for", "recipe_votes", "vote_engine_name", "vote_key", "TransportResult", "evaluation_metrics",
            "evaluate_methods", "comparison_jobs", "oracle_jobs", "score_jobs", "alpha_grid", "DEFAULT_ALPHAS",
            "candidate_jobs", "choose", "choice_table", "few_shot_baseline", "few_shot_finetune", "RECIPE_NAME",
-           "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report"]
+           "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report", "check_votes_output", "recipe_inputs",
+           "resolved_inputs"]

@@ -24,7 +24,8 @@ DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 def evaluation_metrics(prepared: PreparedRun) -> MetricSet:
     """The run's `evaluate` metrics (``evaluation.metrics``, the first picks α; plus exact match for seq2seq)."""
-    return MetricSet(prepared.recipe.evaluation.metrics, prepared.objective)
+    return MetricSet(prepared.recipe.evaluation.metrics, prepared.objective,
+                     trust_remote_code=prepared.recipe.trust_remote_code)
 
 
 def score_row(model_label: str, method: str, alpha: Optional[float], scores: dict) -> dict:

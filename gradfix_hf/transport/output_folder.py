@@ -1,52 +1,48 @@
 """The output folder: written into a hidden temporary folder next to the destination and renamed into place at
-the end, so an interrupted run never leaves a folder that looks finished; its JSON report; and its push to the
-Hub in one commit. What goes in it is written by :mod:`.run`; its model card by :mod:`.model_card`.
+the end, so an interrupted run never leaves a folder that looks finished, and never over an input or a folder
+gradfix did not write (:mod:`gradfix_hf.storage.destinations`); its JSON report; and its push to the Hub in one
+commit. What goes in it is written by :mod:`.run`; its model card by :mod:`.model_card`.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from ..errors import GradFixError
 from ..hub import push_folder
+from ..storage import destinations
+from ..storage.destinations import check_not_an_input
 from .model_card import default_commit_description, default_commit_message
 
 REPORT_NAME = "gradfix_report.json"
 RECIPE_NAME = "gradfix_recipe.yaml"
 
 
-def check_destination(destination: Path, overwrite: bool = False) -> None:
-    """Refuse, before any work, an output path that is a file, lies under a file, or is a non-empty folder."""
-    destination = Path(destination)
-    if destination.exists() and not destination.is_dir():
-        raise GradFixError(f"output folder {destination} is an existing file, not a folder.")
-    blocking = next((p for p in destination.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise GradFixError(f"output folder {destination} cannot be created: {blocking} is a file.")
-    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
-        raise GradFixError(f"output folder {destination} already exists and is not empty (use --overwrite).")
+def is_output_folder(path: Path) -> bool:
+    """Whether ``path`` is a previous gradfix output folder (it holds a readable gradfix report), the only kind of
+    non-empty folder ``overwrite`` replaces."""
+    try:
+        report = json.loads((Path(path) / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "library_version" in report and "per_tensor" in report
+
+
+def check_destination(destination: Path, overwrite: bool = False, inputs: Iterable[tuple[str, Path]] = ()) -> None:
+    """Before any work: refuse an output folder that would replace, contain or lie inside an input, whose path is
+    blocked, or that exists and is neither empty nor (with ``overwrite``) a previous gradfix output."""
+    check_not_an_input(destination, inputs, "output folder")
+    destinations.check_destination(destination, overwrite=overwrite, recognise=is_output_folder)
 
 
 @contextlib.contextmanager
 def atomic_folder(destination: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``destination`` only if the block finishes."""
-    destination = Path(destination)
-    check_destination(destination, overwrite)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.partial-"))
-    try:
-        yield tmp
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(tmp, destination)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Yield a temporary folder that becomes ``destination`` only if the block finishes (see
+    :mod:`gradfix_hf.storage.destinations` for what may be replaced)."""
+    with destinations.atomic_folder(destination, overwrite=overwrite, recognise=is_output_folder) as temporary:
+        yield temporary
 
 
 def push_output_folder(folder: Path, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
@@ -74,4 +70,7 @@ def read_report(folder: Path) -> dict:
     path = Path(folder) / REPORT_NAME
     if not path.is_file():
         raise GradFixError(f"{folder}: no {REPORT_NAME}; not a gradfix output folder.")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise GradFixError(f"{path}: unreadable report ({exc}); not a complete gradfix output folder.") from None

@@ -36,6 +36,9 @@ class PreparedRun:
     examples: list = field(default_factory=list)
     eval_samples: Optional[LabelledSamples] = None
     test_samples: Optional[LabelledSamples] = None
+    #: what the data settings became on θ_B, for the report: {"max_length": {"requested", "used", "why"}} when
+    #: data.max_length was capped at the target's positions (the recipe keeps its value); empty when none
+    data_notes: dict = field(default_factory=dict)
 
     @property
     def voted_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -50,6 +53,7 @@ class PreparedRun:
             "data_fingerprint": self.samples.fingerprint if self.samples else None,
             "selection": self.samples.selection if self.samples is not None else None,
             "evaluation_samples": len(self.eval_samples) if self.eval_samples else 0,
+            **({"data_notes": self.data_notes} if self.data_notes else {}),
         }
 
 
@@ -66,24 +70,26 @@ def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_co
 
 
 def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optional[str] = None,
-            check_values: bool = True, select_samples: bool = True) -> PreparedRun:
+            check_values: bool = True, select_samples: bool = True, run_code: bool = True) -> PreparedRun:
     """Resolve the models and the data of one task vector (default: the recipe's first) and check everything
     that needs no gradient. ``select_samples=False`` (a dry run) skips embedding the pool of a non-random
-    ``data.selection``: the class sizes are checked, the rows are chosen at run time."""
+    ``data.selection``: the class sizes are checked, the rows are chosen at run time. ``run_code=False`` (a dry
+    run) runs no code shipped with a model or a metric, even with ``trust_remote_code``."""
     task = task or recipe.resolved_tasks()[0]
+    trust = recipe.trust_remote_code and run_code  # code of a model, a tokenizer or a metric runs only with both
     if recipe.evaluation is not None:  # a metric that cannot be loaded fails now, not after the votes
-        check_available(recipe.evaluation.metrics)
+        check_available(recipe.evaluation.metrics, trust_remote_code=recipe.trust_remote_code, run_code=run_code)
     refs = {SOURCE: task.models.source, SOURCE_FT: task.models.source_finetuned, TARGET: task.models.target}
     if task.models.target_finetuned is not None:
         refs[TARGET_FT] = task.models.target_finetuned
     models = {role: resolve_model(ref, role=role, allow_pickle=recipe.allow_pickle, token=token,
-                                  trust_remote_code=recipe.trust_remote_code)
+                                  trust_remote_code=trust)
               for role, ref in refs.items()}
     bind_adapters(models)  # a LoRA adapter as θ_A^ft is read on θ_A (gradfix_hf/lora)
     names = {role: m.name for role, m in models.items()}
-    configs = {role: load_config(m, recipe.trust_remote_code) for role, m in models.items()}
+    configs = {role: load_config(m, trust) for role, m in models.items()}
     check_configs(configs, names)
-    tokenizers = {role: _load_tokenizer(models, role, recipe.trust_remote_code) for role in models}
+    tokenizers = {role: _load_tokenizer(models, role, trust) for role in models}
     check_tokenizers(tokenizers, names)
     tokenizer = tokenizers[TARGET] or tokenizers[SOURCE_FT] or tokenizers[SOURCE]
 
@@ -93,12 +99,13 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
         image_processor = CLIPZeroShotObjective.check_target(configs[TARGET], models[TARGET], tokenizer)
     auto_class = recipe.model_class or objective_cls.auto_class_name
     config = task_config(configs[TARGET], configs[SOURCE_FT], recipe.objective)
-    layout = build_layout(auto_class, config, recipe.trust_remote_code)
+    layout = build_layout(auto_class, config, trust)
     plan = plan_transport(models, layout, check_values=check_values,
-                                 transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
+                          transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
 
     objective = samples = eval_samples = test_samples = None
     examples: list = []
+    data_notes: dict = {}
     data = task.data
     if data is not None:
         if tokenizer is None and recipe.objective != "callable":
@@ -118,6 +125,9 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
         else:
             labels = objective_cls.label_space(data, configs[SOURCE_FT])
             objective = objective_cls(data, tokenizer, labels)
+        capped = objective.fit_positions(configs[TARGET], TARGET)  # data.max_length at most θ_B's positions
+        if capped is not None:
+            data_notes["max_length"] = capped
         extra = {"objective": recipe.objective, "prompt": data.prompt,
                  "label_words": data.label_words, "max_length": data.max_length}
         if clip:  # the prompts are part of the loss, hence of what the votes depend on
@@ -126,7 +136,8 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
         if data.selection != "random":  # θ_B's own embeddings choose the rows (gradfix_hf/data/selection.py)
             embed = target_embedder(plan, objective, batch_size=recipe.vote_batch_size)
         samples = select_per_class(dataset, data, labels, fingerprint_extra=extra,
-                                   embed=embed if select_samples else None, columns=columns)
+                                   embed=embed if select_samples else None, columns=columns,
+                                   text_columns=objective.text_columns())
         examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
         if recipe.evaluation is not None:
             if objective_cls is CallableObjective:
@@ -139,7 +150,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
                 if clip:
                     rows = with_images(rows, data.image_column, path, where)
                 return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where,
-                                          columns=columns)
+                                          columns=columns, text_columns=objective.text_columns())
 
             eval_samples = held_out(ev.path or data.path, ev.split, "evaluation")
             if ev.test_split is not None:
@@ -147,4 +158,5 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     if clip:  # the output folder gets θ_B's tokenizer and image processor (for pipeline(...))
         tokenizer = CLIPZeroShotObjective.processor(image_processor, tokenizer)
     return PreparedRun(recipe=recipe, task=task, models=models, plan=plan, tokenizer=tokenizer, objective=objective,
-                       samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples)
+                       samples=samples, examples=examples, eval_samples=eval_samples, test_samples=test_samples,
+                       data_notes=data_notes)

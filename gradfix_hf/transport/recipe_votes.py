@@ -21,9 +21,11 @@ from ..objectives import Objective
 from ..plan import SOURCE_FT, TARGET, load_base_model
 from ..recipe import Recipe
 from ..runtime import ProcessContext, on_main_process, process_context
-from ..storage import VotesFile, params_fingerprint
+from ..storage import VotesFile, check_destination, check_not_an_input, is_votes_file, params_fingerprint
+
 from ..version import __version__
 from ..votes.distributed import VoteEngine, batched_vote_engine, distributed_votes, reference_vote_engine
+from .inputs import recipe_inputs
 from .prepare import PreparedRun
 
 logger = logging.getLogger("gradfix_hf")
@@ -74,6 +76,7 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         "format": "gradfix-votes", "format_version": "1", "n_samples": str(len(prepared.examples)),
         "aggregation": aggregation(prepared.recipe), "objective": prepared.recipe.objective,
         "target": target.name, "target_revision": target.commit_hash or "",
+        "target_fingerprint": prepared.plan.target_fingerprint,
         "data_source": prepared.samples.source, "data_fingerprint": prepared.samples.fingerprint,
         "params_fingerprint": params_fingerprint(prepared.voted_shapes), "library_version": __version__,
         "engine": vote_engine_name(prepared.recipe, prepared.objective),
@@ -82,11 +85,20 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
     return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
 
 
-def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> VotesFile:
-    """A votes file checked against this run's target, parameter set and aggregation."""
+def check_votes_output(path: Union[str, os.PathLike], recipe: Recipe, *, overwrite: bool = False) -> None:
+    """Before any work: a votes file may not replace, contain or lie inside an input, nor replace (even with
+    ``overwrite``) anything but a previous votes file."""
+    check_not_an_input(path, recipe_inputs(recipe), "votes file")
+    check_destination(path, overwrite=overwrite, recognise=is_votes_file, folder=False, where="votes file")
+
+
+def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike], *, force: bool = False) -> VotesFile:
+    """A votes file checked against this run's target (its tensors' fingerprint, revision and shapes), parameter
+    set and aggregation. ``force`` uses votes recorded for another target anyway (with a warning)."""
     votes = VotesFile.load(local_path(path, where="votes", error=VotesFileError))  # a file or an hf:// reference
     target = prepared.models[TARGET]
     votes.check_target(prepared.voted_shapes, target=target.name, commit_hash=target.commit_hash, source=str(path))
+    _check_target_fingerprint(votes, prepared, path, force)
     if votes.metadata["aggregation"] != aggregation(prepared.recipe):
         raise VotesFileError(f"{path}: votes were aggregated with {votes.metadata['aggregation']!r} but mask "
                              f"{prepared.recipe.name_and_mask} needs {aggregation(prepared.recipe)!r}.")
@@ -94,6 +106,28 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike]) -> Vote
         logger.warning("%s: votes were computed on other samples (fingerprint %s, recipe's data gives %s).",
                        path, votes.metadata["data_fingerprint"], prepared.samples.fingerprint)
     return votes
+
+
+def _check_target_fingerprint(votes: VotesFile, prepared: PreparedRun, path: Union[str, os.PathLike],
+                              force: bool) -> None:
+    """Votes are signs of θ_B's gradients: those of another model (even one with the same shapes) are refused."""
+    recorded = votes.metadata.get("target_fingerprint")
+    target = prepared.models[TARGET]
+    if recorded is None:
+        logger.warning("%s: written by gradfix_hf %s, before votes files recorded their target's fingerprint: "
+                       "only its shapes are checked against %s.", path, votes.metadata["library_version"],
+                       target.name)
+        return
+    current = prepared.plan.target_fingerprint
+    if recorded == current:
+        return
+    message = (f"{path}: these votes were computed on another target: {votes.metadata['target']} (tensors' "
+               f"fingerprint {recorded}), but this run's target is {target.name} (fingerprint {current}). Votes "
+               "are the signs of the target's own gradients; compute them on this target (gradfix votes), or use "
+               "them anyway with --force (force=True from Python).")
+    if not force:
+        raise VotesFileError(message)
+    logger.warning("%s (forced)", message)
 
 
 def vote_key(prepared: PreparedRun) -> str:
@@ -104,18 +138,19 @@ def vote_key(prepared: PreparedRun) -> str:
     if prepared.plan.copied_from_finetune:
         source_ft = prepared.models[SOURCE_FT]
         head = [source_ft.name, source_ft.commit_hash, sorted(prepared.plan.copied_from_finetune)]
-    parts = [target.name, target.commit_hash, prepared.recipe.objective, aggregation(prepared.recipe),
+    parts = [target.name, target.commit_hash, prepared.plan.target_fingerprint, prepared.recipe.objective,
+             aggregation(prepared.recipe),
              prepared.samples.fingerprint if prepared.samples else None, params_fingerprint(prepared.voted_shapes),
              head, prepared.plan.layout.auto_class_name]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 
 def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional[Union[str, os.PathLike]] = None,
-                 progress: bool = True) -> list[Optional[VotesFile]]:
+                 progress: bool = True, force: bool = False) -> list[Optional[VotesFile]]:
     """The votes of every task: from its votes file, from ``votes_cache`` or computed; each distinct vote
     (same :func:`vote_key`) is computed once. Methods with a shared vote (``multi_source``) vote once, with the
     first task's data and head, for every source. Every process takes part in computations; only the main
-    process writes the cache."""
+    process writes the cache. ``force``: see :func:`load_votes_for`."""
     if not recipe.needs_votes:
         return [None] * len(prepared)
     if votes is not None and len(prepared) > 1 and not recipe.method.method.shared_vote:
@@ -130,12 +165,12 @@ def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional
             continue
         path = (votes if i == 0 else None) or run.task.votes
         if path:
-            out.append(load_votes_for(run, path))
+            out.append(load_votes_for(run, path, force=force))
             continue
         key = vote_key(run)
         cached = Path(recipe.votes_cache) / f"{key}.safetensors" if recipe.votes_cache else None
         if key not in computed and cached is not None and cached.is_file():
-            computed[key] = load_votes_for(run, cached)
+            computed[key] = load_votes_for(run, cached, force=force)
             logger.info("%s: votes from the cache %s", run.task.where, cached)
         if key not in computed:
             computed[key] = compute_recipe_votes(run, progress=progress)

@@ -10,7 +10,8 @@ from typing import Optional, Union
 
 from ..merge import load_adapter_model
 from ..recipe import Recipe
-from .output_folder import atomic_folder, push_output_folder, read_report
+from ..storage import real_path
+from .output_folder import atomic_folder, check_destination, push_output_folder, read_report
 
 
 class TransportResult:
@@ -42,8 +43,9 @@ class TransportResult:
     def save_pretrained(self, save_directory: Union[str, os.PathLike], overwrite: bool = False) -> Path:
         """Copy the complete output folder (weights, config, tokenizer, report, card, recipe)."""
         destination = Path(save_directory)
-        if destination.resolve() == self.output_dir.resolve():
+        if real_path(destination) == real_path(self.output_dir):
             return destination
+        check_destination(destination, overwrite, [("the output folder it copies", self.output_dir)])
         with atomic_folder(destination, overwrite=overwrite) as tmp:
             shutil.copytree(self.output_dir, tmp, dirs_exist_ok=True)
         return destination

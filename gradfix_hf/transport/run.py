@@ -25,6 +25,7 @@ from ..storage import VotesFile
 from ..version import __version__
 from .auto import resolve as resolve_auto
 from .evaluation import evaluate_methods
+from .inputs import recipe_inputs, resolved_inputs
 from .model_card import write_model_card
 from .output_folder import RECIPE_NAME, atomic_folder, check_destination, write_report
 from .prepare import PreparedRun, prepare
@@ -54,8 +55,12 @@ def _check_tasks_line_up(prepared: list[PreparedRun]) -> None:
 
 def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = None, *,
                votes: Optional[Union[str, os.PathLike]] = None, dry_run: bool = False, overwrite: bool = False,
-               token: Optional[str] = None, progress: bool = True) -> Union[TransportResult, dict, None]:
+               token: Optional[str] = None, progress: bool = True, force: bool = False
+               ) -> Union[TransportResult, dict, None]:
     """Run ``recipe``; returns a :class:`TransportResult` (or, with ``dry_run``, the checked plan as a dict).
+
+    ``overwrite`` replaces a previous gradfix output folder at ``output_dir`` (never anything else); ``force``
+    uses a votes file recorded for another target anyway (α outside (0, 1] is ``method.force``).
 
     Under a launcher with several processes, all of them compute the votes (each its shard of the samples,
     see :func:`compute_recipe_votes`); then the main process alone evaluates, merges and writes the output
@@ -63,21 +68,24 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     """
     started = time.time()
     destination = output_dir or recipe.output.path
-    if destination is not None and not dry_run:
-        check_destination(Path(destination), overwrite)
+    inputs = recipe_inputs(recipe, votes)
+    if destination is not None:  # an output that would replace an input or a foreign folder fails now (dry run too)
+        check_destination(Path(destination), overwrite, inputs)
     tasks = recipe.resolved_tasks()
     # NaN/inf: checked over every checkpoint before gradients; a run from votes files only (no gradient) checks
     # each input tensor as the merge reads it instead of reading every checkpoint twice (output is atomic)
     computes_votes = recipe.needs_votes and votes is None and any(task.votes is None for task in tasks)
-    prepared = [prepare(recipe, task, token=token, select_samples=not dry_run,
+    prepared = [prepare(recipe, task, token=token, select_samples=not dry_run, run_code=not dry_run,
                         check_values=dry_run or computes_votes) for task in tasks]
     _check_tasks_line_up(prepared)
+    if destination is not None:  # the models as resolved: a Hub model's snapshot in the cache is an input too
+        check_destination(Path(destination), overwrite, inputs + resolved_inputs(prepared))
     if dry_run:
         if len(prepared) == 1:
             return {"ok": True, "method": recipe.method.to_dict(), **prepared[0].summary()}
         return {"ok": True, "method": recipe.method.to_dict(),
                 "tasks": {run.task.name: run.summary() for run in prepared}}
-    vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress)  # every process takes part
+    vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress, force=force)  # on every process
 
     def finish() -> TransportResult:
         runs, choice = prepared, None
@@ -149,6 +157,9 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
         }
         if lora is not None:
             report["lora"] = lora  # per-module rank and reconstruction error of the adapter
+        notes = {run.task.name: run.data_notes for run in prepared if run.data_notes}
+        if notes:  # e.g. data.max_length capped at the target's positions
+            report["data_notes"] = notes[head.task.name] if list(notes) == [head.task.name] else notes
         write_report(tmp, report)
         data_paths = {run.task.data.path for run in prepared if run.task.data is not None}
         datasets = sorted(p for p in data_paths if not Path(p).expanduser().exists()) or None
