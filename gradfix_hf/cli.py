@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -374,6 +375,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "no_progress", False):  # also the bars of the libraries the run calls
         _silence_progress_bars()
     try:
+        if os.environ.get("GRADFIX_NUM_THREADS"):  # torch's CPU threads, every command (gradfix_hf/runtime/threads.py)
+            from .runtime import apply_configured_threads
+
+            apply_configured_threads()
         return COMMANDS[args.command](args)
     except (GradFixError, OSError) as exc:  # bad input, or a file the system refuses: one line, no traceback
         if launched_rank() == 0:  # under a launcher every process fails alike; the main one says why

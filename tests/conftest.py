@@ -13,10 +13,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tiny models on one thread: several times faster on a busy machine, and the same floats whatever the core count
+# (gradfix_hf/runtime/threads.py); subprocesses (CLI runs, distributed workers) inherit it
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADFIX_NUM_THREADS", "1")
 
 import pytest
 import torch
 import transformers
+
+torch.set_num_threads(int(os.environ["GRADFIX_NUM_THREADS"]))
 
 from gradfix_hf.quickstart.toy import LABELS, NEGATIVE, NEUTRAL, POSITIVE, sentiment_rows, word_tokenizer, write_jsonl
 
