@@ -1,8 +1,13 @@
-"""The recipes in recipes/ run as written, with their Hub models and data swapped for tiny local ones.
+"""The recipes in recipes/.
 
-Only model references, data locations/columns and output paths are replaced; the method section and every
-other setting are the recipe's own, so a recipe that stops matching the code fails here.
+* The offline ones (recipes/*.yaml) run as written on the tiny models ``gradfix quickstart`` builds, built once per
+  test session in a temporary folder; each recipe is run from the folder that holds ``gradfix-quickstart/``, as a
+  newcomer runs it, first with ``--dry-run`` and then for real into a temporary output folder.
+* The Hub templates (recipes/hub/*.yaml) parse as written and run with their Hub models and data swapped for tiny
+  local ones: only model references, data locations/columns and output paths are replaced; the method section and
+  every other setting are the recipe's own, so a template that stops matching the code fails here.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -11,17 +16,191 @@ import yaml
 
 from gradfix_hf import Recipe
 from gradfix_hf.cli import main
+from gradfix_hf.quickstart import (MARKER, describe_run, ensure_quickstart_assets, quickstart_recipe,
+                                   run_quickstart)
+from gradfix_hf.quickstart.build import STAGES, STEPS
 from gradfix_hf.transport.output_folder import read_report
 
 from conftest import fine_tune
 from gradfix_hf.quickstart.toy import sentiment_rows
 
-RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml") if p.name != "quickstart.yaml")
+RECIPES_DIR = Path(__file__).parent.parent / "recipes"
+OFFLINE_RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "hub").glob("*.yaml"))  # the Hub templates
+QUICKSTART = "./gradfix-quickstart/"
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# offline recipes, on the quickstart's tiny models
+
+
+def test_offline_recipes_cover_every_method_and_output():
+    """Every registered method, both TIES variants, method: auto and a LoRA output, each in its own recipe."""
+    from gradfix_hf.methods import registered_methods
+
+    raws = {p.stem: yaml.safe_load(p.read_text()) for p in OFFLINE_RECIPES}
+    methods = {raw["method"].get("name", "gradfix") for raw in raws.values()}
+    assert methods == set(registered_methods()) | {"auto"}
+    ties = {raw["method"]["variant"] for raw in raws.values() if raw["method"].get("name") == "ties"}
+    assert ties == {"paper", "original"}
+    assert any("as_lora" in raw.get("output", {}) for raw in raws.values())
+    assert "quickstart" in raws
+
+
+@pytest.mark.parametrize("path", OFFLINE_RECIPES, ids=[p.stem for p in OFFLINE_RECIPES])
+def test_offline_recipe_is_offline_and_says_how_to_run_it(path):
+    """Every model and data path lies in the quickstart's folder, and the comment header says what the recipe
+    shows and the command that runs it."""
+    text = path.read_text()
+    raw = yaml.safe_load(text)
+    paths = _strings(raw.get("models", {})) + _strings(raw.get("tasks", [])) + _strings(raw.get("data", {})) \
+        + _strings(raw.get("evaluation", {})) + [raw["output"]["path"]]
+    paths = [v for v in paths if "/" in v]
+    assert paths and all(v.startswith(QUICKSTART) for v in paths), paths
+    header = text[: text.index("\nobjective:")]
+    assert all(line.startswith("#") for line in header.splitlines())
+    assert f"gradfix run recipes/{path.name}" in header
+
+
+@pytest.mark.parametrize("path", OFFLINE_RECIPES, ids=[p.stem for p in OFFLINE_RECIPES])
+def test_offline_recipe_dry_run(path, quickstart_root, monkeypatch, capsys):
+    """``--dry-run`` from the folder holding gradfix-quickstart/: every task resolves, with its vote samples."""
+    root, _ = quickstart_root
+    monkeypatch.chdir(root)
+    recipe = Recipe.from_yaml(path)
+    # --overwrite: the recipe's own output folder may hold a previous run's output (the quickstart's does once the
+    # README's examples ran in this folder); a dry run checks the output path as a real run would
+    assert main(["run", str(path), "--dry-run", "--overwrite", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was computed or written" in out
+    plan = json.loads(out[: out.rindex("}") + 1])
+    plans = list(plan["tasks"].values()) if "tasks" in plan else [plan]
+    tasks = recipe.resolved_tasks()
+    assert len(plans) == len(tasks)
+    for task, task_plan in zip(tasks, plans):
+        assert task_plan["tensors"]["transported"] > 30  # every encoder tensor of the 2-layer BERT
+        expected = 2 * task.data.samples_per_class if recipe.needs_votes else 0
+        assert task_plan["vote_samples"] == expected
+    assert not (root / recipe.output.path).exists()
+
+
+@pytest.mark.parametrize("path", OFFLINE_RECIPES, ids=[p.stem for p in OFFLINE_RECIPES])
+def test_offline_recipe_runs(path, quickstart_root, monkeypatch, tmp_path):
+    """A real run of each recipe as written (output into tmp_path): the report holds the recipe's method (for
+    ``auto``: the chosen candidate), one entry per task, the kept fraction and the evaluation table."""
+    root, _ = quickstart_root
+    monkeypatch.chdir(root)
+    recipe = Recipe.from_yaml(path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "-o", str(out), "--no-progress"]) == 0
+    report = read_report(out)
+    kept = report["totals"]["kept_fraction"]
+    assert 0 < kept <= 1
+    if recipe.method.is_auto:
+        auto = report["auto"]
+        assert len(auto["candidates"]) == len(recipe.method.parameters["candidates"])
+        assert auto["alpha"] in recipe.evaluation.alphas and report["method"]["alpha"] == auto["alpha"]
+        assert report["method"]["name"] == "gradfix"
+        assert {k: report["method"][k] for k in auto["parameters"]} == auto["parameters"]
+        assert kept == 1 if auto["key"] == "naive" else kept < 1
+    else:
+        assert report["method"] == recipe.method.to_dict()
+        assert kept == 1 if recipe.method.name == "task_arithmetic" else kept < 1  # every other one masks or trims
+    assert len(report["tasks"]) == len(recipe.resolved_tasks())
+    if recipe.evaluation is not None:
+        rows = report["evaluation"]["rows"]
+        assert [r["method"] for r in rows][:3] == ["zero-shot", "few-shot", "naive"]
+        assert all(0 <= r["score"] <= 1 for r in rows)
+        naive = next(r["score"] for r in rows if r["method"] == "naive")
+        assert naive > rows[0]["score"] + 0.1  # τ_A transfers on this close pair: naive beats θ_B zero-shot
+    else:
+        assert not report.get("evaluation")
+    if recipe.output.as_lora is not None:
+        assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+        assert 0 < report["lora"]["totals"]["relative_error"] < 1
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+        assert model.config.id2label == {0: "negative", 1: "positive"}  # the (first) sentiment task's head
+
+
+def test_build_says_what_it_does(quickstart_root):
+    """The build logs a line per model, naming its folder and its training steps, then the time it took."""
+    _, lines = quickstart_root
+    assert lines[0].startswith("gradfix quickstart: building") and lines[-1].startswith("gradfix quickstart: built")
+    for name, steps in STEPS.items():
+        assert any(f" {name} " in line and f"{steps} steps" in line for line in lines), name
+    workdir = quickstart_root[0] / "gradfix-quickstart"
+    assert describe_run(quickstart_recipe(workdir)) == (
+        "running recipes/quickstart.yaml: votes of 16 samples on θ_B, gradfix mask of τ_A, streaming merge, "
+        "held-out scores on 200 samples")
+
+
+def test_an_earlier_workdir_gets_only_what_it_lacks(quickstart_root, tmp_path):
+    """A workdir an earlier version built (stage 1, marker ``ok``) gets stage 2 on the next build, the same bytes
+    as a fresh build's, and its stage-1 files are not touched; a complete one is left alone."""
+    import shutil
+
+    fresh = quickstart_root[0] / "gradfix-quickstart"
+    old = tmp_path / "gradfix-quickstart"
+    for name in ("source", "source-finetuned", "target"):
+        shutil.copytree(fresh / name, old / name)
+    (old / "data").mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy2(fresh / "data" / f"{split}.jsonl", old / "data" / f"{split}.jsonl")
+    (old / MARKER).write_text("ok\n")
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file() and p.name != MARKER}
+    lines: list[str] = []
+    assert ensure_quickstart_assets(old, log=lines.append) == [2]
+    assert "earlier version" in lines[0] and not any(" target " in line for line in lines)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    for name in ("source-topic-finetuned", "second-source", "second-source-finetuned"):
+        assert (old / name / "model.safetensors").read_bytes() == (fresh / name / "model.safetensors").read_bytes()
+    for split in ("train", "validation", "test"):
+        assert (old / "data" / "topic" / f"{split}.jsonl").read_text() == \
+            (fresh / "data" / "topic" / f"{split}.jsonl").read_text()
+    assert ensure_quickstart_assets(old, log=lines.append) == []
+
+
+def test_quickstart_reuses_its_workdir_and_says_what_it_runs(quickstart_root):
+    import shutil
+
+    workdir = quickstart_root[0] / "gradfix-quickstart"
+    lines: list[str] = []
+    try:
+        result = run_quickstart(workdir, progress=False, log=lines.append)
+    finally:  # the session's workdir stays as built (the dry runs check that no output folder appears)
+        shutil.rmtree(workdir / "output", ignore_errors=True)
+    assert lines == [f"gradfix quickstart: reusing the tiny models in {workdir} (built earlier)",
+                     describe_run(quickstart_recipe(workdir))]
+    assert [r["method"] for r in result.evaluation["rows"]] == ["zero-shot", "few-shot", "naive", "gradfix"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hub templates, with tiny local models in place of the Hub's
+
 #: recipes of the CLIP objective run on the tiny CLIP (test_clip_recipe_runs_on_the_tiny_clip), the others on BERT
 CLIP_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("objective") == "clip-zero-shot"]
 #: recipes of the seq2seq objective run on the tiny T5 (test_seq2seq_recipe_runs_on_the_tiny_t5)
 SEQ2SEQ_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("objective") == "seq2seq"]
 TEXT_RECIPES = [p for p in RECIPES if p not in CLIP_RECIPES and p not in SEQ2SEQ_RECIPES]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_hub_template_parses_and_says_what_it_downloads(path):
+    """A Hub template parses as a recipe (no network needed), and its first comment line says that it downloads
+    from the Hub and roughly how much."""
+    recipe = Recipe.from_yaml(path)
+    text = path.read_text()
+    assert text.startswith("# HUB TEMPLATE: needs network.") and "GB" in text.split("\n#\n")[0]
+    assert any(not str(task.models.target.path).startswith(".") for task in recipe.resolved_tasks())
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +248,6 @@ def localise(raw: dict, models: dict, trio: dict, tmp_path: Path) -> dict:
         local["votes_cache"] = str(tmp_path / "cache")
     local.pop("allow_pickle", None)
     return local
-
-
-def _strings(node) -> list[str]:
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return [node] if isinstance(node, str) else []
 
 
 def test_every_method_has_a_recipe():
@@ -133,7 +304,8 @@ def test_clip_recipe_runs_on_the_tiny_clip(path, clip_trio, tmp_path):
     report = read_report(tmp_path / "out")
     assert report["method"] == Recipe.from_dict(raw).method.to_dict()
     assert 0 < report["totals"]["kept_fraction"] <= 1
-    assert report["evaluation"]["split"].endswith(":" + raw["evaluation"]["split"])
+    scored = raw["evaluation"].get("test_split") or raw["evaluation"]["split"]  # a run scores the test split if any
+    assert report["evaluation"]["split"].endswith(":" + scored)
     assert {"zero-shot", "naive", "gradfix"} <= {r["method"] for r in report["evaluation"]["rows"]}
     model = transformers.AutoModel.from_pretrained(tmp_path / "out")
     assert type(model) is transformers.CLIPModel
@@ -182,10 +354,12 @@ def test_seq2seq_recipe_runs_on_the_tiny_t5(path, trios, tmp_path):
     assert main(["run", str(recipe_path), "--no-progress"]) == 0
     report = read_report(tmp_path / "out")
     assert report["method"] == Recipe.from_dict(raw).method.to_dict()
-    assert report["evaluation"]["split"].endswith(raw["evaluation"]["split"])
+    assert report["evaluation"]["split"].endswith(raw["evaluation"]["test_split"])  # a run scores the test split
+    assert report["evaluation"]["split_role"] == "test"
     assert "exact_match" in report["evaluation"]["metrics"]
     result = sweep(str(recipe_path), progress=False)
-    assert result.alphas == raw["evaluation"]["alphas"] and result.test["split"].endswith(raw["evaluation"]["test_split"])
+    assert result.alphas == raw["evaluation"]["alphas"]
+    assert result.test["split"].endswith(raw["evaluation"]["test_split"])
     assert set(result.methods) == {"naive", "gradfix"}
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
     assert type(model).__name__ == "T5ForConditionalGeneration"

@@ -1,15 +1,23 @@
-"""The embedded default: tiny models and data built offline, and the quickstart recipe that uses them."""
+"""The embedded default: tiny models and data built offline, and the quickstart recipe that uses them.
+
+``gradfix quickstart`` builds the workdir once (:mod:`.build`: the quickstart's trio, then the second task and
+second source the other offline recipes in ``recipes/`` use) and runs the quickstart recipe, saying on stderr what
+it is doing at each phase; stdout gets only the results table."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import yaml
 
 from ..recipe import Recipe
 from ..runtime import small_model_threads
-from ..transport import TransportResult, transport
-from .toy import build_quickstart_assets, word_tokenizer
+from .build import (BUILD_VERSION, MARKER, Log, asset_paths, build_quickstart_assets, built_version,
+                    ensure_quickstart_assets, print_to_stderr)
+from .toy import LABELS, word_tokenizer
+
+if TYPE_CHECKING:
+    from ..transport import TransportResult
 
 RECIPE_PATH = Path(__file__).with_name("recipe.yaml")
 DEFAULT_FOLDER = "./gradfix-quickstart/"
@@ -21,19 +29,36 @@ def quickstart_recipe(workdir: Union[str, Path]) -> Recipe:
     return Recipe.from_dict(yaml.safe_load(text))
 
 
-def run_quickstart(workdir: Union[str, Path] = "gradfix-quickstart", *, progress: bool = True) -> TransportResult:
+def describe_run(recipe: Recipe) -> str:
+    """One line saying what running the quickstart recipe does."""
+    votes = recipe.data.samples_per_class * len(LABELS)
+    steps = [f"votes of {votes} samples on θ_B", f"{recipe.method.mask} mask of τ_A", "streaming merge"]
+    if recipe.evaluation is not None:
+        with open(recipe.evaluation.path, encoding="utf-8") as handle:
+            held_out = sum(1 for line in handle if line.strip())
+        if recipe.evaluation.max_samples is not None:
+            held_out = min(held_out, recipe.evaluation.max_samples)
+        steps.append(f"held-out scores on {held_out} samples")
+    return "running recipes/quickstart.yaml: " + ", ".join(steps)
+
+
+def run_quickstart(workdir: Union[str, Path] = "gradfix-quickstart", *, progress: bool = True,
+                   log: Optional[Log] = None) -> "TransportResult":
     """Build the tiny models once (kept in ``workdir``) and run the quickstart recipe; returns the result.
 
-    Runs on one CPU thread (``GRADFIX_NUM_THREADS`` overrides it, :mod:`gradfix_hf.runtime.threads`): fast on a
-    busy machine, and the same figures whatever the core count."""
+    ``log`` gets a line per phase (default: stderr). Runs on one CPU thread (``GRADFIX_NUM_THREADS`` overrides
+    it, :mod:`gradfix_hf.runtime.threads`): fast on a busy machine, and the same figures whatever the core count."""
     workdir = Path(workdir)
-    marker = workdir / ".built"
+    log = log or print_to_stderr
     with small_model_threads():
-        if not marker.is_file():
-            build_quickstart_assets(workdir)
-            marker.write_text("ok\n")
+        if not ensure_quickstart_assets(workdir, log=log):
+            log(f"gradfix quickstart: reusing the tiny models in {workdir} (built earlier)")
         recipe = quickstart_recipe(workdir)
+        log(describe_run(recipe))
+        from ..transport import transport
+
         return transport(recipe, overwrite=True, progress=progress)
 
 
-__all__ = ["RECIPE_PATH", "build_quickstart_assets", "quickstart_recipe", "run_quickstart", "word_tokenizer"]
+__all__ = ["BUILD_VERSION", "MARKER", "RECIPE_PATH", "asset_paths", "build_quickstart_assets", "built_version",
+           "describe_run", "ensure_quickstart_assets", "quickstart_recipe", "run_quickstart", "word_tokenizer"]

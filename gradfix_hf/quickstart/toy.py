@@ -1,13 +1,12 @@
-"""Tiny offline models and a toy task: the embedded default behind ``gradfix quickstart``.
+"""Tiny offline models and toy tasks: the primitives behind ``gradfix quickstart`` (built by :mod:`.build`).
 
 Everything is built from configs on the CPU in seconds, with no network:
 
 * a word-level tokenizer over a made-up vocabulary (``word_tokenizer``),
-* θ_A: a 2-layer BERT pre-trained by masked-LM on corpus A,
-* θ_A^ft: θ_A fine-tuned on a toy sentiment task (positive vs negative words),
-* θ_B: a "new release": θ_A's masked-LM pre-training continued for 150 steps on a different corpus B
-  (other topic structure), so θ_B's weights and its task-relevant features drift away from θ_A's,
-* the task's train/validation/test splits as JSON lines.
+* a toy sentiment task (positive vs negative words among neutral filler, ``sentiment_rows``) and a toy topic task
+  (which half of the neutral vocabulary a sentence's filler comes from, ``topic_rows``),
+* unlabelled pre-training corpora with topic structure (``corpus``),
+* a few steps of masked-LM pre-training and of classifier fine-tuning.
 """
 from __future__ import annotations
 
@@ -25,6 +24,9 @@ NEGATIVE = ["bad", "awful", "poor", "dull", "ugly", "grim", "sad", "boring", "co
 SYLLABLES = ["ka", "lo", "mi", "ren", "to", "sa", "vu", "del", "pi", "nor", "ze", "qua"]
 NEUTRAL = sorted({a + b for a in SYLLABLES for b in SYLLABLES})[:120]
 LABELS = {0: "negative", 1: "positive"}
+#: the topic task: a sentence's filler words come mostly from one half of the neutral vocabulary (by first syllable)
+TOPIC_WORDS = (NEUTRAL[:60], NEUTRAL[60:])
+TOPIC_LABELS = {0: "topic_a", 1: "topic_b"}
 
 
 def vocabulary() -> list[str]:
@@ -67,6 +69,22 @@ def sentiment_rows(count: int, seed: int) -> list[dict]:
         label = i % 2
         major, minor = (POSITIVE, NEGATIVE) if label == 1 else (NEGATIVE, POSITIVE)
         words = rng.sample(NEUTRAL, rng.randint(4, 8)) + rng.sample(major, 2) + rng.sample(minor, rng.randint(0, 1))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def topic_rows(count: int, seed: int) -> list[dict]:
+    """Toy topic sentences: 3-5 words of the label's topic, 0-2 of the other one and 1-2 sentiment words (noise:
+    the sentiment task's features do not answer this one)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = i % 2
+        major, minor = TOPIC_WORDS[label], TOPIC_WORDS[1 - label]
+        words = (rng.sample(major, rng.randint(3, 5)) + rng.sample(minor, rng.randint(0, 2))
+                 + rng.sample(POSITIVE + NEGATIVE, rng.randint(1, 2)))
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     rng.shuffle(rows)
@@ -126,48 +144,3 @@ def train_classifier(model, tokenizer, rows: Sequence[dict], *, steps: int, lr: 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def build_quickstart_assets(workdir: Path, *, seed: int = 0) -> dict[str, Path]:
-    """Build source, source-finetuned, target and data under ``workdir`` (about 20 s on 2 CPU cores)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the build's expected "newly initialized head" reports are noise here
-    hf_logging.disable_progress_bar()
-    try:
-        return _build(Path(workdir), seed)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-
-
-def _build(workdir: Path, seed: int) -> dict[str, Path]:
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
-
-    tokenizer = word_tokenizer(vocabulary())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    source = BertForMaskedLM(config)
-    train_masked_lm(source, tokenizer, corpus(4000, seed, topic_size=12), steps=300, lr=2e-3, seed=seed)
-    paths = {name: workdir / name for name in ("source", "source-finetuned", "target", "data")}
-    source.save_pretrained(paths["source"])
-    tokenizer.save_pretrained(paths["source"])
-
-    rows = sentiment_rows(1200, seed + 1)
-    write_jsonl(paths["data"] / "train.jsonl", rows[:800])
-    write_jsonl(paths["data"] / "validation.jsonl", rows[800:1000])
-    write_jsonl(paths["data"] / "test.jsonl", rows[1000:])
-
-    finetuned = BertForSequenceClassification.from_pretrained(
-        paths["source"], num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    train_classifier(finetuned, tokenizer, rows[:800], steps=300, lr=1e-3, seed=seed)
-    finetuned.save_pretrained(paths["source-finetuned"])
-    tokenizer.save_pretrained(paths["source-finetuned"])
-
-    target = BertForMaskedLM.from_pretrained(paths["source"])
-    train_masked_lm(target, tokenizer, corpus(4000, seed + 7, topic_size=6), steps=150, lr=1e-3, seed=seed + 7)
-    target.save_pretrained(paths["target"])
-    tokenizer.save_pretrained(paths["target"])
-    return paths
