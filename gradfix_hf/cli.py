@@ -1,7 +1,9 @@
 """The ``gradfix`` command: run a recipe, compute votes, inspect votes files and outputs, run the quickstart.
 
 The top of the layers (docs/architecture.md): each command imports the machinery it runs when it runs, so that
-``--help`` and argument errors need none of it.
+``--help``, ``--version`` and input errors need none of it: this module imports only the errors, the version and
+the launcher's environment at the top; a command reads its recipe (torch, for the method registry), checks its
+outputs and the Hub token, and only then imports transformers and the rest.
 """
 from __future__ import annotations
 
@@ -14,17 +16,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import GradFixError
-from .runtime import launched_rank, reuse_from_environment
+from .runtime.launch import launched_rank
 from .version import __version__
 
-EPILOG = "Recipes are YAML files; see recipes/ and docs/recipes.md. Paper: https://arxiv.org/abs/2510.09658"
+EPILOG = ("Recipes are YAML files: examples in recipes/, every key in docs/usage.md (section \"Recipes\"). "
+          "Paper: https://arxiv.org/abs/2510.09658")
 
 
 def _add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights, loaded with torch.load(weights_only=True)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide every progress bar (gradfix's, and those of datasets, the Hub and transformers)")
     parser.add_argument("--vote-engine", choices=("auto", "batched", "reference"),
                         help="per-sample gradient engine: batched (one backward per micro-batch), reference (the "
                              "exact one-sample loop) or auto (batched unless the objective is a user callable)")
@@ -42,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe: votes, mask, streaming merge, output folder",
                          description="Run a recipe end to end and write the transported model folder.")
     _add_recipe_overrides(run)
-    run.add_argument("-o", "--output", help="output folder (default: the recipe's output.path)")
+    run.add_argument("-o", "--output", help="output folder (default: the recipe's output.path; one of the two is "
+                                            "required, except with --dry-run)")
     run.add_argument("--dry-run", action="store_true",
                      help="check the recipe, models and data without computing anything or writing")
     run.add_argument("--votes", help="use this votes file instead of computing votes")
@@ -97,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also draw the validation score against α per method, with the zero-shot and few-shot "
                             "baselines, as a PNG (needs matplotlib: pip install 'gradfix_hf[plot]')")
 
-    methods = sub.add_parser("methods", help="list the merge methods, their parameters and the mask variants",
-                             description="List the registered merge methods with their parameters and defaults.")
+    methods = sub.add_parser("methods", help="list the merge methods and auto, their parameters and the mask variants",
+                             description="List every method.name a recipe may give — the registered merge methods "
+                                         "and auto (the validation split chooses) — with their parameters and "
+                                         "defaults, and the mask variants.")
     methods.add_argument("--json", action="store_true", help="print JSON")
 
     inspect = sub.add_parser("inspect", help="summarise a votes file or an output folder",
@@ -111,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Build a tiny source/fine-tune/target trio and a toy task offline, run "
                                        "the quickstart recipe and print held-out scores.")
     quick.add_argument("--workdir", default="gradfix-quickstart", help="folder for models, data and output")
-    quick.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    quick.add_argument("--no-progress", action="store_true", help="hide every progress bar")
     return parser
 
 
 def _load_recipe(args: argparse.Namespace):
-    """The recipe with command-line overrides applied before validation (so --force admits a recipe's α)."""
+    """The recipe with command-line overrides applied before validation (so --force admits a recipe's α). A missing
+    or unparsable file fails before the method registry (torch) is imported."""
+    from .recipe.validation import RECIPE_EXPECTATION, read_yaml_mapping
+
+    read_yaml_mapping(Path(args.recipe), "recipe", RECIPE_EXPECTATION)
     from .recipe import Recipe
 
     overrides: dict = {}
@@ -139,27 +150,40 @@ def _load_recipe(args: argparse.Namespace):
 
 
 def format_evaluation(evaluation: Optional[dict]) -> str:
+    """The report's evaluation table as printed: which split (validation or test) it scores, then one row each."""
     if not evaluation:
         return ""
-    lines = [f"held-out {evaluation['metric']} on {evaluation['split']} ({evaluation['n_samples']} samples):"]
+    from .transport.scores import evaluation_heading
+
+    lines = [evaluation_heading(evaluation) + ":"]
     for row in evaluation["rows"]:
         alpha = "" if row["alpha"] is None else f"α={row['alpha']:g}"
         lines.append(f"  {row['model']:<28} {alpha:<8} {row['score']:.4f}")
     return "\n".join(lines)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .transport import run_recipe
-
-    recipe = _load_recipe(args)
+def _check_push(args: argparse.Namespace) -> None:
+    """--private needs --push-to-hub; a missing or rejected token fails now, not after the run."""
     if args.private and not args.push_to_hub:
         raise GradFixError("--private is for --push-to-hub ORG/NAME.")
     if args.push_to_hub and launched_rank() == 0:
         from .hub import check_push_token
 
-        user = check_push_token(args.push_to_hub)  # a missing or rejected token fails now, not after the run
+        user = check_push_token(args.push_to_hub)
         logging.getLogger("gradfix_hf").info("Hub token accepted (user %s)", user)
-    result = run_recipe(recipe, args.output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    recipe = _load_recipe(args)
+    from .transport.destination import check_output_folder, run_destination
+
+    output = run_destination(recipe, args.output, dry_run=args.dry_run, option="-o/--output")
+    if output is not None:  # before any model library is imported (the run checks it again, with resolved models)
+        check_output_folder(output, recipe, votes=args.votes, overwrite=args.overwrite)
+    _check_push(args)
+    from .transport import run_recipe  # the model libraries: only now
+
+    result = run_recipe(recipe, output, votes=args.votes, dry_run=args.dry_run, overwrite=args.overwrite,
                         progress=not args.no_progress, force=args.force)
     if result is None or launched_rank() != 0:  # several processes: the main one wrote the folder and prints
         return 0
@@ -173,7 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     auto = result.report.get("auto")
     if auto:  # method: auto — what the validation split chose
         print(f"method auto: chose {auto['label']} at α={auto['alpha']:g} ({auto['metric']} "
-              f"{auto['validation']:.4f} on {auto['split']}; " + ", ".join(
+              f"{auto['validation']:.4f} on the validation split {auto['split']}; " + ", ".join(
                   f"{c['label']} {c['best_validation']:.4f} at α={c['best_alpha']:g}"
                   for c in auto["candidates"].values()) + ")")
     print(format_evaluation(result.evaluation))
@@ -205,11 +229,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_votes(args: argparse.Namespace) -> int:
-    from .runtime import on_main_process, process_context
-    from .transport import check_votes_output, compute_recipe_votes, prepare
-
     output = Path(args.output)
     recipe = _load_recipe(args)
+    from .transport.destination import check_votes_output
+
     check_votes_output(output, recipe, overwrite=args.overwrite)
     tasks = recipe.resolved_tasks()
     if args.task is None and len(tasks) > 1:
@@ -219,7 +242,12 @@ def _cmd_votes(args: argparse.Namespace) -> int:
     if not chosen:
         raise GradFixError(f"--task {args.task!r}: no such task in {args.recipe} "
                            f"({', '.join(t.name for t in tasks)}).")
-    votes = compute_recipe_votes(prepare(recipe, chosen[0]), progress=not args.no_progress)  # every process votes
+    from .runtime import on_main_process, process_context, threads_for_model  # the model libraries: only now
+    from .transport import compute_recipe_votes, prepare
+
+    prepared = prepare(recipe, chosen[0])
+    with threads_for_model(prepared.parameter_count):  # tiny models: one thread (gradfix_hf/runtime/threads.py)
+        votes = compute_recipe_votes(prepared, progress=not args.no_progress)  # every process votes
     context = process_context()
     on_main_process(context, lambda: votes.save(output, overwrite=args.overwrite))
     if not context.is_main:
@@ -229,27 +257,9 @@ def _cmd_votes(args: argparse.Namespace) -> int:
     return 0
 
 
-def inspect_path(path: Path, top: int = 10) -> dict:
-    """A summary of a votes file or an output folder (what ``gradfix inspect`` prints)."""
-    from .storage import VotesFile
-    from .transport import read_report
-
-    if path.is_dir():
-        report = read_report(path)
-        worst = sorted(report["per_tensor"].items(), key=lambda kv: kv[1]["kept_fraction"])[:top]
-        return {"kind": "output", "path": str(path), "method": report["method"], "totals": report["totals"],
-                "votes": report["votes"], "evaluation": report["evaluation"], "tensors": report["tensors"],
-                "drift": report.get("drift"), "lowest_kept_fraction": {k: v["kept_fraction"] for k, v in worst}}
-    votes = VotesFile.load(path)
-    stats = {name: votes.statistics(name) for name in votes.votes}
-    ordered = sorted(stats.items(), key=lambda kv: -kv[1]["no_evidence"])[:top]
-    return {"kind": "votes", "path": str(path), "metadata": votes.metadata, "tensors": len(votes.votes),
-            "coordinates": sum(v.numel() for v in votes.votes.values()), "overall": votes.overall_statistics(),
-            "dtype": str(next(iter(votes.votes.values())).dtype), "most_no_evidence": dict(ordered)}
-
-
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .hub import local_path
+    from .transport.inspection import inspect_path
 
     path = local_path(args.path, where="inspect")  # a local path, or an hf:// reference to a votes file
     if not path.exists():
@@ -291,7 +301,7 @@ def _parse_alphas(text: Optional[str]) -> Optional[list[float]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import check_sweep_outputs, require_matplotlib, sweep
+    from .sweep import check_sweep_outputs, require_matplotlib, sweep  # sweep imports the model libraries when run
 
     alphas = _parse_alphas(args.alphas)
     if args.plot:
@@ -304,27 +314,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"α chosen on {result.validation['split']} ({result.validation['n_samples']} samples)"
           + (f", reported on {result.test['split']} ({result.test['n_samples']} samples)" if result.test else
              "; no evaluation.test_split, so no unbiased score of the chosen α"))
-    print(table)
-    for message in result.warnings:
-        print(f"warning: {message}")
+    print(table)  # the grid-edge warnings were logged once by sweep() (result.warnings keeps them)
     for path in result.save(**outputs, overwrite=args.overwrite):
         print(f"wrote {path}")
     return 0
 
 
-def describe_methods() -> dict:
-    """The registry as plain data (what ``gradfix methods`` prints)."""
-    from .methods import MASK_VARIANTS, registered_methods
-
-    return {"mask_variants": list(MASK_VARIANTS), "methods": {
-        name: {"pretty_name": m.pretty_name, "description": m.description,
-               "tasks": [m.min_tasks, m.max_tasks], "shared_vote": m.shared_vote,
-               "parameters": {p.name: {"type": p.kind.__name__, "default": p.default, "choices": p.choices,
-                                       "doc": p.doc} for p in m.parameters}}
-        for name, m in registered_methods().items()}}
-
-
 def _cmd_methods(args: argparse.Namespace) -> int:
+    from .transport.inspection import describe_methods  # the registry (torch), and auto
+
     described = describe_methods()
     if args.json:
         print(json.dumps(described, indent=2))
@@ -356,14 +354,6 @@ def _error_line(exc: BaseException) -> str:
     return str(exc)
 
 
-def _silence_progress_bars() -> None:
-    import datasets
-    import huggingface_hub.utils
-
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-
-
 COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect": _cmd_inspect,
             "methods": _cmd_methods, "quickstart": _cmd_quickstart, "push": _cmd_push}
 
@@ -371,12 +361,16 @@ COMMANDS = {"run": _cmd_run, "votes": _cmd_votes, "sweep": _cmd_sweep, "inspect"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from .runtime.allocator import reuse_from_environment
+
     reuse_from_environment()  # GRADFIX_REUSE_FREED_MEMORY=1: keep freed blocks (gradfix_hf/runtime/allocator.py)
-    if getattr(args, "no_progress", False):  # also the bars of the libraries the run calls
-        _silence_progress_bars()
+    if getattr(args, "no_progress", False):  # also the bars of the libraries the run imports later
+        from .runtime.progress import silence_progress_bars
+
+        silence_progress_bars()
     try:
         if os.environ.get("GRADFIX_NUM_THREADS"):  # torch's CPU threads, every command (gradfix_hf/runtime/threads.py)
-            from .runtime import apply_configured_threads
+            from .runtime.threads import apply_configured_threads
 
             apply_configured_threads()
         return COMMANDS[args.command](args)
@@ -385,8 +379,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"gradfix: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     finally:
-        if args.command in ("run", "votes"):
-            from .runtime import close_process_group
+        if "gradfix_hf.runtime.processes" in sys.modules:  # only a command that got that far has a process group
+            from .runtime.processes import close_process_group
 
             close_process_group()
 

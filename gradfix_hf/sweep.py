@@ -1,5 +1,8 @@
 """α selection on a validation split, reported on a separate test split (``gradfix sweep``).
 
+Checking a sweep's outputs (:func:`check_sweep_outputs`) imports no model library; :func:`sweep` imports them
+when it runs.
+
 The authors' code picks α on the test set; here α is chosen per method on ``evaluation.split`` and only then
 scored on ``evaluation.test_split``. The sweep is stage 2 only: votes are computed (or loaded) once, each
 method's delta is computed once, and every α just sets θ_B + α·delta in the loaded model — no gradient pass
@@ -18,18 +21,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import GradFixError, OutputError, RecipeError
-from .merge import MergeJob
-from .metrics import score_model
-from .plan import load_base_model
 from .recipe import Recipe
 from .storage import atomic_file, check_destination, check_not_an_input, real_path
-from .transport import (alpha_grid, as_recipe, candidate_jobs, choose, comparison_jobs, evaluation_metrics,
-                        few_shot_baseline, oracle_jobs, prepare, recipe_inputs, recipe_votes, score_jobs)
+from .transport import as_recipe, recipe_inputs
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("gradfix_hf")
 PathLike = Union[str, os.PathLike]
@@ -185,14 +185,31 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
           progress: bool = True, force: bool = False) -> SweepResult:
     """Score every method of a single-task recipe over an α grid on the validation split; choose α per method
     there, then report the chosen α's score on the test split (when ``evaluation.test_split`` is set). The
-    baselines without α (θ_B zero-shot, few-shot fine-tuning) are scored on both splits."""
+    baselines without α (θ_B zero-shot, few-shot fine-tuning) are scored on both splits. Each grid-edge warning
+    is logged once (``gradfix_hf`` logger) and kept in ``SweepResult.warnings``."""
     recipe = as_recipe(recipe)
     if recipe.evaluation is None:
         raise RecipeError("evaluation: a sweep needs an evaluation section (the validation split that picks α).")
     if len(recipe.resolved_tasks()) != 1:
         raise RecipeError("tasks: a sweep scores one task; a merge of several task vectors has no single split.")
+    from .runtime import threads_for_model  # the model libraries: only once the recipe can be swept
+    from .transport import alpha_grid, prepare
+
     grid = alpha_grid(recipe, alphas)
     prepared = prepare(recipe, token=token)
+    with threads_for_model(prepared.parameter_count):  # tiny models: one thread (gradfix_hf/runtime/threads.py)
+        return _sweep_prepared(recipe, prepared, grid, votes=votes, progress=progress, force=force)
+
+
+def _sweep_prepared(recipe: Recipe, prepared: Any, grid: list[float], *, votes: Optional[PathLike], progress: bool,
+                    force: bool) -> SweepResult:
+    """The sweep of a prepared run: votes, then every job over the grid (see :func:`sweep`)."""
+    from .merge import MergeJob
+    from .metrics import score_model
+    from .plan import load_base_model
+    from .transport import (candidate_jobs, choose, comparison_jobs, evaluation_metrics, few_shot_baseline,
+                            oracle_jobs, recipe_votes, score_jobs)
+
     metrics = evaluation_metrics(prepared)
     vote_files = recipe_votes(recipe, [prepared], votes=votes, progress=progress, force=force)
     model = load_base_model(prepared.plan)
@@ -230,7 +247,6 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
     for message in result.warnings:
         logger.warning(message)
     return result
-
 
 
 def _with_primary(entry: dict, primary: str) -> dict:

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADFIX_NUM_THREADS", "1")
 
+import datasets  # noqa: F401  (imported before any test captures stderr: its log handler keeps the real stream)
 import pytest
 import torch
 import transformers
@@ -121,6 +122,21 @@ def recipe_dict(kind: str, trio: dict[str, Path], **overrides) -> dict:
         else:
             recipe[key] = value
     return recipe
+
+
+@pytest.fixture(scope="session")
+def quickstart_root(tmp_path_factory):
+    """A folder holding ``gradfix-quickstart/``, built once per session as ``gradfix quickstart`` builds it (the
+    offline recipes and the README's examples run from it); also the phase lines the build logged."""
+    from gradfix_hf.quickstart import ensure_quickstart_assets
+    from gradfix_hf.quickstart.build import STAGES
+    from gradfix_hf.runtime import small_model_threads
+
+    root = tmp_path_factory.mktemp("quickstart")
+    lines: list[str] = []
+    with small_model_threads():  # as `gradfix quickstart` builds: the same models, the same figures
+        assert ensure_quickstart_assets(root / "gradfix-quickstart", log=lines.append) == sorted(STAGES)
+    return root, lines
 
 
 @pytest.fixture(scope="session")

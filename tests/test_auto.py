@@ -58,6 +58,11 @@ def test_auto_writes_the_best_candidate_on_validation(splits, tmp_path, monkeypa
     assert chosen_row["score"] == pytest.approx(auto["validation"])
     card = (result.output_dir / "README.md").read_text()
     assert "Automatic choice (`method: auto`)" in card and f"**{auto['label']}**" in card
+    # no test split: the table is the validation split that chose, and says so
+    evaluation = result.evaluation
+    assert evaluation["split_role"] == "validation" and evaluation["method_chosen_on"] == "validation"
+    assert evaluation["split"] == str(validation)
+    assert f"Scores on the validation split `{validation}`" in card and "optimistic for the chosen row" in card
 
 
 def test_auto_sweep_reports_every_candidate_and_the_same_choice(splits, tmp_path):
@@ -70,15 +75,35 @@ def test_auto_sweep_reports_every_candidate_and_the_same_choice(splits, tmp_path
     assert result.chosen["key"] == run.report["auto"]["key"]
     assert result.chosen["alpha"] == run.report["auto"]["alpha"]
     assert "method: auto chooses" in result.to_markdown()
+    # with a test split, the run scores the chosen method and the baselines there: the sweep's test scores
+    evaluation = run.evaluation
+    assert evaluation["split_role"] == "test" and evaluation["method_chosen_on"] == "validation"
+    assert evaluation["split"] == str(test) and evaluation["n_samples"] == result.test["n_samples"]
+    rows = {row["method"]: row for row in evaluation["rows"]}
+    chosen = result.chosen
+    assert rows[chosen["parameters"]["mask"]]["alpha"] == chosen["alpha"]
+    assert rows[chosen["parameters"]["mask"]]["score"] == pytest.approx(result.methods[chosen["key"]]["test"])
+    assert rows["zero-shot"]["score"] == pytest.approx(result.zero_shot["test"])
+    assert run.report["auto"]["split"] == str(validation)  # the choice itself was made on validation
+    card = (run.output_dir / "README.md").read_text()
+    assert f"Scores on the test split `{test}`" in card and "took no part in the choice" in card
 
 
-def test_auto_from_the_cli_prints_the_choice(splits, tmp_path, capsys):
-    trio, validation, _ = splits
+@pytest.mark.parametrize("with_test", [False, True])
+def test_auto_from_the_cli_prints_the_choice(splits, tmp_path, capsys, with_test):
+    trio, validation, test = splits
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(auto_recipe(trio, validation, candidates=["naive", "gradfix"])))
+    path.write_text(yaml.safe_dump(auto_recipe(trio, validation, test if with_test else None,
+                                               candidates=["naive", "gradfix"])))
     assert main(["run", str(path), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "method auto: chose" in out and "θ_B + α·τ_A (naive)" in out
+    assert f"on the validation split {validation};" in out  # what chose
+    if with_test:  # the scores below come from the test split
+        assert f"accuracy on the test split {test} (10 samples); the method and α were chosen on the " \
+               "validation split:" in out
+    else:
+        assert f"accuracy on the validation split {validation} (10 samples); the same split chose the method" in out
 
 
 @pytest.mark.parametrize("method,fragments", [

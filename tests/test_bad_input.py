@@ -764,8 +764,8 @@ def _votes_inside_output(trio, tmp_path):
     votes_dir = tmp_path / "work"
     votes_dir.mkdir()
     votes = compute_recipe_votes(prepare(Recipe.from_dict(raw)), progress=False).save(votes_dir / "v.safetensors")
-    return _cli(_run(tmp_path, raw, "-o", votes_dir, "--overwrite", "--votes", votes), raw, "contains --votes",
-                str(votes))
+    return _cli(_run(tmp_path, raw, "-o", votes_dir, "--overwrite", "--votes", votes), raw,
+                "contains the votes file given with --votes", str(votes))
 
 
 def _recipe_value(key, value, *fragments):

@@ -358,7 +358,8 @@ def test_push_errors_bad_token_read_only_no_token_server_down(hub, output, bert,
     with pytest.raises(GradFixError, match="403 Forbidden"):
         output.push_to_hub("org/never")
     monkeypatch.delenv("HF_TOKEN")
-    for command in (["push", str(output.output_dir), "org/never"], ["run", str(recipe), "--push-to-hub", "org/never"]):
+    for command in (["push", str(output.output_dir), "org/never"],
+                    ["run", str(recipe), "-o", str(tmp_path / "o2"), "--push-to-hub", "org/never"]):
         assert main(command) == 2
         assert "no Hugging Face token found; set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
     assert hub.refs("org/never") == {}

@@ -246,7 +246,8 @@ def test_fine_tunes_of_different_architectures_are_refused_before_votes(t5, trio
 
 def test_one_votes_file_for_a_multi_task_merge_is_refused(t5, tmp_path):
     raw = multi_task(t5, {"name": "merge_then_mask"})
-    with pytest.raises(RecipeError, match=r"--votes gives one votes file.*tasks\[i\]\.votes"):
+    with pytest.raises(RecipeError,
+                       match=r"one votes file was given \(--votes, votes= from Python\).*tasks\[i\]\.votes"):
         transport(raw, tmp_path / "out", votes=tmp_path / "v.safetensors", progress=False)
 
 

@@ -2,6 +2,9 @@
 metric, the few-shot fine-tuning baseline against one AdamW step done by hand, the plot and the model card."""
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -14,6 +17,7 @@ from gradfix_hf.errors import GradFixError, RecipeError
 from gradfix_hf.transport import few_shot_finetune
 from gradfix_hf.plan import load_base_model
 from gradfix_hf.metrics import MetricSet, score_model
+from gradfix_hf.runtime.progress import ENVIRONMENT as NO_PROGRESS_ENVIRONMENT
 from gradfix_hf.sweep import require_matplotlib
 
 transport_module = importlib.import_module("gradfix_hf.transport.recipe_votes")
@@ -89,6 +93,34 @@ def test_sweep_cli(splits, tmp_path, capsys):
 
     height, width, _ = imread(tmp_path / "s.png").shape
     assert (width, height) == (768, 528)
+
+
+#: what a progress bar leaves in a captured stream (tqdm writes to stderr even when it is not a terminal)
+BAR = re.compile(r"\d+%\||it/s|s/it|α grid")
+
+
+def test_sweep_warns_once_and_no_progress_silences_every_bar(splits, tmp_path):
+    """As a user runs it (a fresh process): each grid-edge warning once, on stderr; a bar over the α grid; with
+    --no-progress no bar at all (ours, datasets', the Hub's, transformers')."""
+    trio, validation, test = splits
+    raw = sweep_recipe(trio, validation, test)
+    raw["evaluation"]["few_shot_steps"] = 0
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(raw))
+    env = {k: v for k, v in os.environ.items() if k not in NO_PROGRESS_ENVIRONMENT}  # as a shell would have it
+    runs = {}
+    for flag in ([], ["--no-progress"]):
+        done = subprocess.run([sys.executable, "-m", "gradfix_hf", "sweep", str(path), "--alphas", "0.4,0.8", *flag],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[bool(flag)] = done
+    for done in runs.values():  # two α values: every method's best is on the grid's edge, one warning each
+        warnings = re.findall(r"the best α \([\d.]+\) is the grid's (?:smallest|largest) value",
+                              done.stdout + done.stderr)
+        assert len(warnings) == 3, done.stdout + done.stderr  # naive, gradfix, oracle: once each
+        assert "| GradFix (gradfix) |" in done.stdout
+    assert "α grid" in runs[False].stderr  # progress over the grid (3 methods × 2 α)
+    assert not BAR.search(runs[True].stderr) and not BAR.search(runs[True].stdout), runs[True].stderr[-3000:]
 
 
 def test_plot_without_matplotlib_is_a_clear_error_before_any_work(splits, tmp_path, capsys, monkeypatch):

@@ -24,7 +24,7 @@ def load_config(model: ResolvedModel, trust_remote_code: bool = False) -> transf
     if not trust_remote_code and _needs_own_code(model.local_dir):
         raise CompatibilityError(f"{model.role} ({model.name}): its config.json names the model's own code "
                                  "(auto_map); gradfix runs a model's code only with trust_remote_code: true, and "
-                                 "never under --dry-run.")
+                                 "never under --dry-run (dry_run=True from Python).")
     try:
         return transformers.AutoConfig.from_pretrained(str(model.local_dir), trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as exc:

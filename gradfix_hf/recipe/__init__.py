@@ -3,15 +3,48 @@
 Nothing here loads a model, a tokenizer, a data set or a metric, or imports torch model code; the only thing
 below it is the merge-method registry (:mod:`gradfix_hf.methods`), whose methods declare the parameters that
 ``method`` may hold. Running a recipe is :func:`gradfix_hf.transport`.
+
+Names are imported from their modules on first use (PEP 562): reading a recipe file
+(:func:`.validation.read_yaml_mapping`) needs only YAML, validating its ``method`` needs the registry (torch).
 """
-from .data import (SELECTION_ALIASES, SELECTIONS, DataConfig, EvaluationConfig, canonical_selection, metric_names,
-                   prompt_error, template_error)
-from .method import (AUTO, DEFAULT_CANDIDATES, MethodConfig, candidate_key, candidate_label,
-                     validate_candidates)
-from .models import ModelRef, ModelsConfig, ResolvedTask, TaskConfig
-from .output import DTYPES, LoraExportConfig, OutputConfig, parse_size
-from .recipe import OBJECTIVES, VOTE_ENGINES, Recipe
-from .validation import build, check_choice, check_fields, read_yaml_mapping
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names below are; imported on first use
+    from .data import (SELECTION_ALIASES, SELECTIONS, DataConfig, EvaluationConfig, canonical_selection, metric_names,
+                       prompt_error, template_error)
+    from .method import (AUTO, DEFAULT_CANDIDATES, MethodConfig, candidate_key, candidate_label,
+                         validate_candidates)
+    from .models import ModelRef, ModelsConfig, ResolvedTask, TaskConfig
+    from .output import DTYPES, LoraExportConfig, OutputConfig, parse_size
+    from .recipe import OBJECTIVES, VOTE_ENGINES, Recipe
+    from .validation import build, check_choice, check_fields, read_yaml_mapping
+
+_MODULES = {
+    ".data": ["SELECTION_ALIASES", "SELECTIONS", "DataConfig", "EvaluationConfig", "canonical_selection",
+              "metric_names", "prompt_error", "template_error"],
+    ".method": ["AUTO", "DEFAULT_CANDIDATES", "MethodConfig", "candidate_key", "candidate_label",
+                "validate_candidates"],
+    ".models": ["ModelRef", "ModelsConfig", "ResolvedTask", "TaskConfig"],
+    ".output": ["DTYPES", "LoraExportConfig", "OutputConfig", "parse_size"],
+    ".recipe": ["OBJECTIVES", "VOTE_ENGINES", "Recipe"],
+    ".validation": ["build", "check_choice", "check_fields", "read_yaml_mapping"],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups find it without this function
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = ["Recipe", "ModelRef", "ModelsConfig", "TaskConfig", "ResolvedTask", "DataConfig", "EvaluationConfig",
            "MethodConfig", "OutputConfig", "LoraExportConfig", "OBJECTIVES", "VOTE_ENGINES", "DTYPES", "AUTO",

@@ -20,7 +20,7 @@ from .data import DataConfig, EvaluationConfig
 from .method import MethodConfig
 from .models import ModelsConfig, ResolvedTask, TaskConfig
 from .output import OutputConfig
-from .validation import build, check_choice, check_fields, paths_as_strings, read_yaml_mapping
+from .validation import RECIPE_EXPECTATION, build, check_choice, check_fields, paths_as_strings, read_yaml_mapping
 
 OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot", "callable")
 VOTE_ENGINES = ("auto", "batched", "reference")
@@ -161,7 +161,7 @@ class Recipe:
                   overrides: Optional[Mapping[str, Any]] = None) -> "Recipe":
         """Read a YAML recipe; ``overrides`` (e.g. ``{"method": {"alpha": 0.5}}``) are merged in before validation."""
         path = Path(path)
-        raw = read_yaml_mapping(path, "recipe", "a recipe must be a YAML mapping with at least 'models'")
+        raw = read_yaml_mapping(path, "recipe", RECIPE_EXPECTATION)
         for key, value in (overrides or {}).items():
             merge = isinstance(value, Mapping) and isinstance(raw.get(key), Mapping)
             raw[key] = {**raw[key], **value} if merge else value

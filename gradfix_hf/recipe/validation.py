@@ -150,6 +150,10 @@ def build(cls: type, raw: Any, where: str) -> Any:
         raise
 
 
+#: what a recipe file must hold (the error for one that does not)
+RECIPE_EXPECTATION = "a recipe must be a YAML mapping with at least 'models'"
+
+
 def read_yaml_mapping(path: Path, what: str, expectation: str) -> dict:
     """A YAML file that must hold a mapping, or a RecipeError naming the file and what is wrong."""
     if not path.is_file():

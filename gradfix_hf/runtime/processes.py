@@ -9,17 +9,15 @@ this is rank 0 of 1 on the CPU and no process group is created.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 from ..errors import GradFixError
+from .launch import launched_world_size
 
 logger = logging.getLogger("gradfix_hf")
-_RANK_VARIABLES = ["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"]
-_WORLD_VARIABLES = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
 _created_group = False
 
 
@@ -30,19 +28,6 @@ def shard_indices(n: int, rank: int, world: int) -> range:
     q, extra = divmod(n, world)
     start = rank * q + min(rank, extra)
     return range(start, start + q + (1 if rank < extra else 0))
-
-
-def _first_int(names: Sequence[str], default: int) -> int:
-    for name in names:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return default
-
-
-def launched_rank() -> int:
-    """This process's rank as a launcher set it in the environment (0 without a launcher, or for one process)."""
-    return _first_int(_RANK_VARIABLES, 0) if _first_int(_WORLD_VARIABLES, 1) > 1 else 0
 
 
 def _has_accelerator() -> bool:
@@ -113,7 +98,7 @@ def process_context() -> ProcessContext:
     if not had_group and torch.distributed.is_available() and torch.distributed.is_initialized():
         _created_group = True
     if state.num_processes <= 1:
-        launched = _first_int(_WORLD_VARIABLES, 1)
+        launched = launched_world_size()
         if launched > 1:
             logger.warning("launched as one of %d processes, but accelerate's state is single-process (was an "
                            "Accelerator or PartialState created earlier with cpu=False on a machine without "

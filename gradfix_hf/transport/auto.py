@@ -5,7 +5,8 @@ transfers well and a vote from a few samples can only lose; on a distant pair th
 work. Rather than asking users to know which regime they are in, ``auto`` scores every candidate over the
 α grid on ``evaluation.split`` — from one vote (majority; computed or loaded once) and one delta per candidate,
 no gradient per candidate or α — and writes the best. Naive addition is a candidate, so the result is never
-worse than naive addition *on the validation split*; the test split (``gradfix sweep``) says how that holds up.
+worse than naive addition *on the validation split*; a test split (``evaluation.test_path``/``test_split``, which
+the run then scores; or ``gradfix sweep``) says how that holds up.
 
 Candidates are GradFix parameter sets (a mask name is shorthand for ``{mask: NAME}``); the default is
 naive, gradfix, gradfix with ``no_evidence: keep`` and soft. Ties go to the earlier candidate, then the
@@ -15,6 +16,7 @@ bound, not a choice) are refused.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional, Sequence
 
 from ..merge import MergeJob
@@ -23,6 +25,8 @@ from ..recipe import MethodConfig, candidate_key, candidate_label
 from ..storage import VotesFile
 from .evaluation import alpha_grid, evaluation_metrics, score_jobs
 from .prepare import PreparedRun
+
+logger = logging.getLogger("gradfix_hf")
 
 
 def candidate_jobs(prepared: PreparedRun, votes: VotesFile) -> list[tuple[str, str, MergeJob]]:
@@ -75,5 +79,7 @@ def resolve(prepared: list[PreparedRun], vote_files: list[Optional[VotesFile]], 
     choice = choose(entries, recipe.method.parameters["candidates"])
     choice.update(metric=next(iter(entries[choice["key"]]["best_validation_scores"])),
                   split=head.eval_samples.source, n_samples=len(head.eval_samples), alphas=grid, warnings=warnings)
+    for message in warnings:  # once each; the report keeps them (auto.warnings)
+        logger.warning(message)
     resolved = recipe.replace(method=resolved_method(choice))
     return [dataclasses.replace(run, recipe=resolved) for run in prepared], choice

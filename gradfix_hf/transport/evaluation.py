@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import RecipeError
 from ..merge import MergeJob, apply_in_memory, iter_deltas
@@ -18,6 +19,7 @@ from ..plan import TARGET_FT, load_base_model
 from ..recipe import Recipe, candidate_label
 from .few_shot import few_shot_baseline
 from .prepare import PreparedRun
+from .scores import TEST, VALIDATION
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -57,11 +59,17 @@ def oracle_jobs(prepared: PreparedRun, alpha: float = 1.0) -> list[tuple[str, st
     return [("oracle", "oracle (sign of τ_B)", MergeJob.single(prepared.plan, None, "oracle", alpha))]
 
 
-def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
+def evaluate_methods(prepared: PreparedRun, job: MergeJob, *, split: str = VALIDATION) -> dict:
     """Held-out scores (every metric) of θ_B (zero-shot, with the copied head), the few-shot fine-tuning
-    baseline, naive θ_B + α·τ_A, the result and the oracle."""
+    baseline, naive θ_B + α·τ_A, the result and the oracle, on the validation split (``evaluation.split``) or,
+    with ``split="test"``, on the test split (``evaluation.test_path``/``test_split``). The table says which
+    (``split_role``); ``split`` is where its rows come from."""
+    samples = prepared.test_samples if split == TEST else prepared.eval_samples
+    if split not in (VALIDATION, TEST) or samples is None:
+        raise RecipeError(f"evaluation: no {split} split to score (evaluation.split is the validation split; "
+                          "evaluation.test_path or test_split gives a test split).")
     model = load_base_model(prepared.plan)
-    objective, samples, metrics = prepared.objective, prepared.eval_samples, evaluation_metrics(prepared)
+    objective, metrics = prepared.objective, evaluation_metrics(prepared)
     rows = [score_row("θ_B zero-shot", "zero-shot", None, score_model(objective, model, samples, metrics))]
     few_shot = few_shot_baseline(prepared, model)
     if few_shot is not None:
@@ -71,7 +79,7 @@ def evaluate_methods(prepared: PreparedRun, job: MergeJob) -> dict:
         apply_in_memory(model, variant)
         rows.append(score_row(label, kind, variant.alpha, score_model(objective, model, samples, metrics)))
     return {"metric": next(iter(rows[0]["scores"])), "metrics": list(rows[0]["scores"]), "split": samples.source,
-            "n_samples": len(samples), "rows": rows}
+            "split_role": split, "n_samples": len(samples), "rows": rows}
 
 
 def set_alpha(params: dict, tensors: dict, alpha: float) -> None:
@@ -91,12 +99,15 @@ def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: 
     test_samples = prepared.test_samples if test else None
     entries: dict[str, dict] = {}
     warnings: list[str] = []
+    bar = tqdm(total=len(jobs) * len(grid), desc="α grid", unit="α", disable=not progress)
     for key, label, variant in jobs:
         tensors = {name: (target, delta) for name, target, delta in iter_deltas(variant, progress=progress)}
         scores = {}
         for alpha in grid:
+            bar.set_postfix_str(f"{label} α={alpha:g}", refresh=False)
             set_alpha(params, tensors, alpha)
             scores[alpha] = score_model(objective, model, validation, metrics)
+            bar.update()
         primary = next(iter(scores[grid[0]]))
         best = max(grid, key=lambda a: (scores[a][primary], -a))  # ties: the smallest α
         entry: dict[str, Any] = {"label": label, "validation": {str(a): s[primary] for a, s in scores.items()},
@@ -110,9 +121,10 @@ def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: 
         if len(grid) > 1 and best in (grid[0], grid[-1]):
             side = "smallest" if best == grid[0] else "largest"
             warnings.append(f"{label}: the best α ({best:g}) is the grid's {side} value; the optimum may lie "
-                            "outside it (extend evaluation.alphas / --alphas).")
+                            "outside it (extend evaluation.alphas; for a sweep, --alphas or alphas= from Python).")
         entries[key] = entry
         set_alpha(params, tensors, 0.0)  # back to θ_B for the next job
+    bar.close()
     return entries, warnings
 
 

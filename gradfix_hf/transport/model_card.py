@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from ..merge import drift_table
 from ..plan import ROLE_NAMES
 from .auto import choice_table
+from .scores import evaluation_heading
 
 PAPER_URL = "https://arxiv.org/abs/2510.09658"
 TAGS = ["gradfix", "merge", "task-vector-transport"]
@@ -24,7 +25,8 @@ def _results_table(evaluation: Optional[dict]) -> str:
     if not evaluation:
         return "No held-out evaluation was configured for this run."
     metrics = evaluation.get("metrics") or [evaluation["metric"]]
-    lines = [f"Held-out scores on `{evaluation['split']}` ({evaluation['n_samples']} samples):", "",
+    heading = evaluation_heading(evaluation, what="scores", code=True)
+    lines = [heading[0].upper() + heading[1:] + ":", "",
              "| model | α | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for row in evaluation["rows"]:
         alpha = "–" if row.get("alpha") is None else f"{row['alpha']:g}"
@@ -39,12 +41,18 @@ def _auto_section(report: dict) -> str:
     auto = report.get("auto")
     if not auto:
         return ""
+    evaluation = report.get("evaluation") or {}
+    if evaluation.get("split_role") == "test":
+        scored = (f"The results above score the written model and the baselines on the test split "
+                  f"`{evaluation['split']}`, which took no part in the choice.")
+    else:
+        scored = ("The same split scored the results above, so they are optimistic for the chosen row; "
+                  "`evaluation.test_path` (or `test_split`) adds a test split, and `gradfix sweep` reports one.")
     return f"""## Automatic choice (`method: auto`)
 
-The mask and α were picked on `{auto['split']}` ({auto['n_samples']} samples, {auto['metric']}) among these
-candidates, each at its own best α on the grid {', '.join(f'{a:g}' for a in auto['alphas'])}; the written model is
-the one in bold ({auto['label']}, α = {auto['alpha']:g}). The same split scored the table above, so its scores
-are optimistic for the chosen row; `gradfix sweep` reports a separate test split.
+The mask and α were picked on the validation split `{auto['split']}` ({auto['n_samples']} samples, {auto['metric']})
+among these candidates, each at its own best α on the grid {', '.join(f'{a:g}' for a in auto['alphas'])}; the
+written model is the one in bold ({auto['label']}, α = {auto['alpha']:g}). {scored}
 
 {choice_table(auto, auto['metric'])}
 

@@ -1,7 +1,8 @@
 """The output folder: written into a hidden temporary folder next to the destination and renamed into place at
 the end, so an interrupted run never leaves a folder that looks finished, and never over an input or a folder
 gradfix did not write (:mod:`gradfix_hf.storage.destinations`); its JSON report; and its push to the Hub in one
-commit. What goes in it is written by :mod:`.run`; its model card by :mod:`.model_card`.
+commit. What goes in it is written by :mod:`.run`; its model card by :mod:`.model_card`. Checking a destination
+imports no model library (``gradfix run -o`` refuses a bad output before transformers is imported).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from ..errors import GradFixError
 from ..hub import push_folder
 from ..storage import destinations
 from ..storage.destinations import check_not_an_input
-from .model_card import default_commit_description, default_commit_message
 
 REPORT_NAME = "gradfix_report.json"
 RECIPE_NAME = "gradfix_recipe.yaml"
@@ -49,6 +49,8 @@ def push_output_folder(folder: Path, repo_id: str, *, private: Optional[bool] = 
                        revision: Optional[str] = None, commit_message: Optional[str] = None,
                        commit_description: Optional[str] = None):
     """Push a finished gradfix output folder (it has a report and a model card) to ``repo_id`` in one commit."""
+    from .model_card import default_commit_description, default_commit_message  # the model libraries: only now
+
     folder = Path(folder)
     if ".partial-" in folder.name:
         raise GradFixError(f"{folder} is an unfinished output folder (an interrupted run); it is not pushed.")

@@ -6,6 +6,7 @@ held-out scores and the merge of a run read.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -39,6 +40,11 @@ class PreparedRun:
     #: what the data settings became on θ_B, for the report: {"max_length": {"requested", "used", "why"}} when
     #: data.max_length was capped at the target's positions (the recipe keeps its value); empty when none
     data_notes: dict = field(default_factory=dict)
+
+    @property
+    def parameter_count(self) -> int:
+        """θ_B's parameters in the output layout (what decides small-model threads)."""
+        return sum(math.prod(shape) for shape in self.plan.layout.parameters.values())
 
     @property
     def voted_shapes(self) -> dict[str, tuple[int, ...]]:

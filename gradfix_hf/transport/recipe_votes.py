@@ -21,11 +21,9 @@ from ..objectives import Objective
 from ..plan import SOURCE_FT, TARGET, load_base_model
 from ..recipe import Recipe
 from ..runtime import ProcessContext, on_main_process, process_context
-from ..storage import VotesFile, check_destination, check_not_an_input, is_votes_file, params_fingerprint
-
+from ..storage import VotesFile, params_fingerprint
 from ..version import __version__
 from ..votes.distributed import VoteEngine, batched_vote_engine, distributed_votes, reference_vote_engine
-from .inputs import recipe_inputs
 from .prepare import PreparedRun
 
 logger = logging.getLogger("gradfix_hf")
@@ -85,13 +83,6 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
     return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
 
 
-def check_votes_output(path: Union[str, os.PathLike], recipe: Recipe, *, overwrite: bool = False) -> None:
-    """Before any work: a votes file may not replace, contain or lie inside an input, nor replace (even with
-    ``overwrite``) anything but a previous votes file."""
-    check_not_an_input(path, recipe_inputs(recipe), "votes file")
-    check_destination(path, overwrite=overwrite, recognise=is_votes_file, folder=False, where="votes file")
-
-
 def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike], *, force: bool = False) -> VotesFile:
     """A votes file checked against this run's target (its tensors' fingerprint, revision and shapes), parameter
     set and aggregation. ``force`` uses votes recorded for another target anyway (with a warning)."""
@@ -123,8 +114,8 @@ def _check_target_fingerprint(votes: VotesFile, prepared: PreparedRun, path: Uni
         return
     message = (f"{path}: these votes were computed on another target: {votes.metadata['target']} (tensors' "
                f"fingerprint {recorded}), but this run's target is {target.name} (fingerprint {current}). Votes "
-               "are the signs of the target's own gradients; compute them on this target (gradfix votes), or use "
-               "them anyway with --force (force=True from Python).")
+               "are the signs of the target's own gradients; compute them on this target (gradfix votes, "
+               "compute_recipe_votes from Python), or use them anyway with --force (force=True from Python).")
     if not force:
         raise VotesFileError(message)
     logger.warning("%s (forced)", message)
@@ -154,8 +145,8 @@ def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional
     if not recipe.needs_votes:
         return [None] * len(prepared)
     if votes is not None and len(prepared) > 1 and not recipe.method.method.shared_vote:
-        raise RecipeError("--votes gives one votes file, but this merge has one vote per task: set tasks[i].votes "
-                          "in the recipe instead.")
+        raise RecipeError("one votes file was given (--votes, votes= from Python), but this merge has one vote per "
+                          "task: set tasks[i].votes in the recipe instead.")
     context = process_context()
     computed: dict[str, VotesFile] = {}
     out: list[Optional[VotesFile]] = []

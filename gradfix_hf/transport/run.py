@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -20,17 +19,19 @@ from ..hub import ResolvedModel, pinned_reference
 from ..merge import MergeJob, drift_report, merge_to_folder, write_lora_adapter
 from ..plan import SOURCE_FT, TARGET
 from ..recipe import Recipe
-from ..runtime import on_main_process, process_context
+from ..runtime import on_main_process, process_context, threads_for_model
 from ..storage import VotesFile
 from ..version import __version__
 from .auto import resolve as resolve_auto
+from .destination import run_destination
 from .evaluation import evaluate_methods
-from .inputs import recipe_inputs, resolved_inputs
+from .inputs import as_recipe, recipe_inputs, resolved_inputs
 from .model_card import write_model_card
 from .output_folder import RECIPE_NAME, atomic_folder, check_destination, write_report
 from .prepare import PreparedRun, prepare
 from .recipe_votes import recipe_votes
 from .result import TransportResult
+from .scores import TEST, VALIDATION
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,18 +60,20 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
                ) -> Union[TransportResult, dict, None]:
     """Run ``recipe``; returns a :class:`TransportResult` (or, with ``dry_run``, the checked plan as a dict).
 
-    ``overwrite`` replaces a previous gradfix output folder at ``output_dir`` (never anything else); ``force``
-    uses a votes file recorded for another target anyway (α outside (0, 1] is ``method.force``).
+    The output folder is ``output_dir``, else the recipe's ``output.path``; a run without either is refused before
+    any work (a dry run writes nothing and needs none). ``overwrite`` replaces a previous gradfix output folder
+    there (never anything else); ``force`` uses a votes file recorded for another target anyway (α outside (0, 1]
+    is ``method.force``).
 
     Under a launcher with several processes, all of them compute the votes (each its shard of the samples,
     see :func:`compute_recipe_votes`); then the main process alone evaluates, merges and writes the output
     folder while the others wait for it and return ``None`` (``dry_run`` returns the plan everywhere).
     """
     started = time.time()
-    destination = output_dir or recipe.output.path
+    destination = run_destination(recipe, output_dir, dry_run=dry_run)  # a run that writes needs one: say so now
     inputs = recipe_inputs(recipe, votes)
     if destination is not None:  # an output that would replace an input or a foreign folder fails now (dry run too)
-        check_destination(Path(destination), overwrite, inputs)
+        check_destination(destination, overwrite, inputs)
     tasks = recipe.resolved_tasks()
     # NaN/inf: checked over every checkpoint before gradients; a run from votes files only (no gradient) checks
     # each input tensor as the merge reads it instead of reading every checkpoint twice (output is atomic)
@@ -79,24 +82,25 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
                         check_values=dry_run or computes_votes) for task in tasks]
     _check_tasks_line_up(prepared)
     if destination is not None:  # the models as resolved: a Hub model's snapshot in the cache is an input too
-        check_destination(Path(destination), overwrite, inputs + resolved_inputs(prepared))
+        check_destination(destination, overwrite, inputs + resolved_inputs(prepared))
     if dry_run:
         if len(prepared) == 1:
             return {"ok": True, "method": recipe.method.to_dict(), **prepared[0].summary()}
         return {"ok": True, "method": recipe.method.to_dict(),
                 "tasks": {run.task.name: run.summary() for run in prepared}}
-    vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress, force=force)  # on every process
+    with threads_for_model(prepared[0].parameter_count):  # tiny models: one thread (gradfix_hf/runtime/threads.py)
+        vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress, force=force)  # every process
 
-    def finish() -> TransportResult:
-        runs, choice = prepared, None
-        if recipe.method.is_auto:  # the validation split picks the mask and α (gradfix_hf/transport/auto.py)
-            runs, choice = resolve_auto(prepared, vote_files, progress=progress)
-        method = runs[0].recipe.method
-        job = MergeJob([run.plan for run in runs], vote_files, method.method, method.parameters, float(method.alpha),
-                       [run.task.weight for run in runs])
-        return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice)
+        def finish() -> TransportResult:
+            runs, choice = prepared, None
+            if recipe.method.is_auto:  # the validation split picks the mask and α (gradfix_hf/transport/auto.py)
+                runs, choice = resolve_auto(prepared, vote_files, progress=progress)
+            method = runs[0].recipe.method
+            job = MergeJob([run.plan for run in runs], vote_files, method.method, method.parameters,
+                           float(method.alpha), [run.task.weight for run in runs])
+            return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice)
 
-    return on_main_process(process_context(), finish)
+        return on_main_process(process_context(), finish)
 
 
 def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) -> dict:
@@ -110,18 +114,28 @@ def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) ->
                 else None}}
 
 
+def _evaluation(head: PreparedRun, job: MergeJob, auto: Optional[dict]) -> Optional[dict]:
+    """The run's held-out table: on the test split when one is configured (``evaluation.test_path`` /
+    ``test_split``), else on the validation split (``evaluation.split``). ``method: auto`` chose on the validation
+    split, which the report says (``method_chosen_on``)."""
+    if head.eval_samples is None:
+        return None
+    evaluation = evaluate_methods(head, job, split=TEST if head.test_samples is not None else VALIDATION)
+    if auto is not None:
+        evaluation["method_chosen_on"] = VALIDATION
+    return evaluation
+
+
 def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
-                destination: Optional[Union[str, os.PathLike]], overwrite: bool, progress: bool,
-                started: float, auto: Optional[dict] = None) -> TransportResult:
+                destination: Path, overwrite: bool, progress: bool, started: float,
+                auto: Optional[dict] = None) -> TransportResult:
     """Evaluation, streaming merge and the output folder (one process)."""
     head = prepared[0]
     recipe = head.recipe
-    evaluation = evaluate_methods(head, job) if head.eval_samples is not None else None
-    if destination is None:
-        destination = Path(tempfile.mkdtemp(prefix="gradfix-")) / "output"
+    evaluation = _evaluation(head, job, auto)
     dtype = DTYPES[recipe.output.dtype] if recipe.output.dtype else None
     target = head.models[TARGET]
-    with atomic_folder(Path(destination), overwrite=overwrite) as tmp:
+    with atomic_folder(destination, overwrite=overwrite) as tmp:
         lora = None
         if recipe.output.as_lora is not None:  # a LoRA adapter for θ_B instead of full weights
             per_tensor, lora = write_lora_adapter(job, tmp, rank=recipe.output.as_lora.rank,
@@ -178,16 +192,9 @@ def transport(recipe: Union[Recipe, str, os.PathLike, dict], output_dir: Optiona
               **kwargs: Any) -> TransportResult:
     """One call: run a recipe (object, YAML path or dict) and return a :class:`TransportResult`.
 
-    >>> result = transport("recipes/quickstart.yaml")              # doctest: +SKIP
+    The output folder is ``output_dir``, else the recipe's ``output.path`` (one of them is required).
+
+    >>> result = transport("recipes/quickstart.yaml", "out")       # doctest: +SKIP
     >>> pipeline("text-classification", model=result.model, tokenizer=result.tokenizer)  # doctest: +SKIP
     """
     return run_recipe(as_recipe(recipe, kwargs.pop("loss_fn", None)), output_dir, **kwargs)
-
-
-def as_recipe(recipe: Union[Recipe, str, os.PathLike, dict], loss_fn: Optional[Any] = None) -> Recipe:
-    """A :class:`Recipe` from a recipe object, a dict or a YAML path (with ``loss_fn`` for a 'callable' objective)."""
-    if isinstance(recipe, dict):
-        return Recipe.from_dict(recipe, loss_fn=loss_fn)
-    if not isinstance(recipe, Recipe):
-        return Recipe.from_yaml(recipe, loss_fn=loss_fn)
-    return recipe.replace(loss_fn=loss_fn) if loss_fn is not None else recipe
