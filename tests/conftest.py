@@ -126,9 +126,10 @@ def recipe_dict(kind: str, trio: dict[str, Path], **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def quickstart_root(tmp_path_factory):
-    """A folder holding ``gradfix-quickstart/``, built once per session as ``gradfix quickstart`` builds it (the
-    offline recipes and the README's examples run from it); also the phase lines the build logged."""
-    from gradfix_hf.quickstart import ensure_quickstart_assets
+    """A folder holding ``gradfix-quickstart/``, built once per session as ``gradfix quickstart`` and ``gradfix
+    quickstart --chat`` build it (the offline recipes and the README's examples run from it); also the phase lines
+    the build logged."""
+    from gradfix_hf.quickstart import ensure_chat_assets, ensure_quickstart_assets
     from gradfix_hf.quickstart.build import STAGES
     from gradfix_hf.runtime import small_model_threads
 
@@ -136,6 +137,7 @@ def quickstart_root(tmp_path_factory):
     lines: list[str] = []
     with small_model_threads():  # as `gradfix quickstart` builds: the same models, the same figures
         assert ensure_quickstart_assets(root / "gradfix-quickstart", log=lines.append) == sorted(STAGES)
+        assert ensure_chat_assets(root / "gradfix-quickstart", log=lines.append)  # --chat: the chat pair
     return root, lines
 
 
@@ -326,3 +328,32 @@ def bert_splits(trios, tmp_path_factory):
     write_jsonl(root / "validation.jsonl", rows[:10])
     write_jsonl(root / "test.jsonl", rows[10:])
     return trio, root / "validation.jsonl", root / "test.jsonl"
+
+
+def noise_ties(reference_grads, names, name):
+    """Coordinates where every sample's reference gradient is float noise (the module docstring's criterion)."""
+    scale = torch.tensor([max(float(g[k].abs().max()) for k in names) for g in reference_grads])
+    stacked = torch.stack([g[name] for g in reference_grads]).abs()
+    return (stacked <= 1e-9 * scale.view(-1, *([1] * (stacked.dim() - 1)))).all(0)
+
+
+def assert_votes_agree(fast, reference_grads, names, max_fraction=0.005):
+    """The fast engine's (votes, evidence) are the signs and evidence of the reference loop's gradients, except on
+    coordinates whose every per-sample gradient is float noise (at most ``max_fraction`` of them)."""
+    from gradfix_hf.votes import drop_noise
+
+    votes, evidence = fast
+    n_coords, excused = 0, 0
+    for name in names:
+        per_sample = drop_noise(torch.stack([g[name] for g in reference_grads]).float())
+        expected = -torch.sign(per_sample).sum(0)
+        noise = noise_ties(reference_grads, names, name)
+        differ = votes[name].to(torch.int32) != expected.to(torch.int32)
+        assert not (differ & ~noise).any(), f"{name}: {int((differ & ~noise).sum())} non-noise coordinates differ"
+        expected_evidence = (per_sample != 0).any(0)
+        got_evidence = evidence.get(name, torch.ones_like(expected_evidence))
+        assert torch.equal(got_evidence | noise, expected_evidence | noise), name
+        excused += int(differ.sum())
+        n_coords += differ.numel()
+    assert excused <= max_fraction * n_coords, f"{excused} of {n_coords} coordinates differ (noise)"
+    return excused

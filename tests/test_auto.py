@@ -100,10 +100,10 @@ def test_auto_from_the_cli_prints_the_choice(splits, tmp_path, capsys, with_test
     assert "method auto: chose" in out and "θ_B + α·τ_A (naive)" in out
     assert f"on the validation split {validation};" in out  # what chose
     if with_test:  # the scores below come from the test split
-        assert f"accuracy on the test split {test} (10 samples); the method and α were chosen on the " \
+        assert f"accuracy, f1 on the test split {test} (10 samples); the method and α were chosen on the " \
                "validation split:" in out
     else:
-        assert f"accuracy on the validation split {validation} (10 samples); the same split chose the method" in out
+        assert f"accuracy, f1 on the validation split {validation} (10 samples); the same split chose the method" in out
 
 
 @pytest.mark.parametrize("method,fragments", [

@@ -14,35 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import recipe_dict, reference_grads
+from conftest import assert_votes_agree, noise_ties, recipe_dict, reference_grads
 from gradfix_hf import Recipe, prepare
 from gradfix_hf.plan import load_base_model
 from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched, drop_noise
-
-
-def _noise_ties(reference_grads, names, name):
-    """Coordinates where every sample's reference gradient is float noise (the module docstring's criterion)."""
-    scale = torch.tensor([max(float(g[k].abs().max()) for k in names) for g in reference_grads])
-    stacked = torch.stack([g[name] for g in reference_grads]).abs()
-    return (stacked <= 1e-9 * scale.view(-1, *([1] * (stacked.dim() - 1)))).all(0)
-
-
-def _assert_agree(fast, reference_grads, names, max_fraction=0.005):
-    votes, evidence = fast
-    n_coords, excused = 0, 0
-    for name in names:
-        per_sample = drop_noise(torch.stack([g[name] for g in reference_grads]).float())
-        expected = -torch.sign(per_sample).sum(0)
-        noise = _noise_ties(reference_grads, names, name)
-        differ = votes[name].to(torch.int32) != expected.to(torch.int32)
-        assert not (differ & ~noise).any(), f"{name}: {int((differ & ~noise).sum())} non-noise coordinates differ"
-        expected_evidence = (per_sample != 0).any(0)
-        got_evidence = evidence.get(name, torch.ones_like(expected_evidence))
-        assert torch.equal(got_evidence | noise, expected_evidence | noise), name
-        excused += int(differ.sum())
-        n_coords += differ.numel()
-    assert excused <= max_fraction * n_coords, f"{excused} of {n_coords} coordinates differ (noise)"
-    return excused
 
 
 @pytest.mark.parametrize("kind", ["bert", "t5", "gpt2"])
@@ -59,7 +34,7 @@ def test_batched_engine_agrees_with_per_sample_loop(trios, kind):
     lengths = {int(e["input_ids"].shape[1]) for e in prepared.examples}
     assert len(lengths) > 1  # the micro-batches really are padded
     grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
-    _assert_agree(fast, grads, names)
+    assert_votes_agree(fast, grads, names)
     # and with the library's own reference engine, on every coordinate that is not a noise tie
     reference = compute_votes(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names,
                               progress=False)
@@ -93,7 +68,7 @@ def test_large_low_rank_weights_fold_in_row_blocks(trios, kind, monkeypatch):
     head = "shared.weight" if kind == "t5" else "transformer.wte.weight"
     assert blocked.count(head) == len(prepared.examples)  # every sample's tied head went through the blocks
     grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
-    _assert_agree(fast, grads, names)
+    assert_votes_agree(fast, grads, names)
 
 
 def test_micro_batch_size_does_not_change_votes(trios):
@@ -117,7 +92,7 @@ def test_mean_aggregation_agrees(trios):
         total = drop_noise(torch.stack([g[name] for g in grads])).sum(0)
         expected = torch.sign(-total)
         # sums in another order may flip a sign only where the sum itself is rounding-level
-        close = (total.abs() <= 1e-6 * total.abs().max().clamp(min=1e-30)) | _noise_ties(grads, names, name)
+        close = (total.abs() <= 1e-6 * total.abs().max().clamp(min=1e-30)) | noise_ties(grads, names, name)
         assert not ((fast[name] != expected.to(fast[name].dtype)) & ~close).any(), name
 
 
@@ -193,7 +168,7 @@ def test_every_layer_rule_tied_weights_broadcast_lookups_and_exact_fallback():
     assert details["broadcast"] == ["position.weight"]
     assert {"embed.weight", "patch.weight", "patch.bias", "norm.weight", "mix.weight"} <= set(details["rule"])
     grads = reference_grads(model, objective.loss, examples, names)
-    excused = _assert_agree(fast, grads, names, max_fraction=0.0)
+    excused = assert_votes_agree(fast, grads, names, max_fraction=0.0)
     assert excused == 0
     # rows of tokens absent from every sample (and the padding row) got no vote and no evidence
     used = torch.unique(torch.cat([e["input_ids"] for e in examples]))
@@ -375,3 +350,41 @@ def test_causal_lm_losses_use_logits_only_where_a_label_is_predicted(trios):
     with torch.no_grad():
         fallback = objective.batch_losses(NoKeep(model), objective.collate(examples))
     assert torch.allclose(fallback, full, rtol=1e-5)
+
+
+def sft_recipe(folder, data_path, **data) -> Recipe:
+    """An SFT recipe on the chat pair ``gradfix quickstart --chat`` builds (a tiny Llama with a ChatML template)."""
+    models = {"source": f"{folder}/source", "source_finetuned": f"{folder}/source-finetuned",
+              "target": f"{folder}/target"}
+    return Recipe.from_dict({"objective": "sft", "models": models, "data": {"path": str(data_path), **data},
+                             "method": {"mask": "gradfix", "alpha": 1.0}})
+
+
+@pytest.mark.parametrize("fmt", ["messages", "prompt-completion", "text"])
+def test_sft_votes_agree_with_per_row_loop(quickstart_root, fmt, tmp_path):
+    """SFT rows of every format (conversations through the chat template, prompt/completion pairs, plain text) in
+    padded micro-batches vote as the one-row-at-a-time loop does; the loss is on the completion tokens only."""
+    import json
+
+    folder = quickstart_root[0] / "gradfix-quickstart" / "chat"
+    conversations = [json.loads(line) for line in (folder / "data" / "train.jsonl").read_text().splitlines()[:40]]
+    if fmt == "messages":
+        rows = conversations
+    elif fmt == "prompt-completion":  # conversational prompt/completion (TRL): the chat template renders both
+        rows = [{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in conversations]
+    else:
+        rows = [{"text": " ".join(m["content"] for m in c["messages"])} for c in conversations]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = prepare(sft_recipe(folder, path, rows=7, seed=1))
+    names = prepared.plan.transported
+    assert len(prepared.examples) == 7 and prepared.objective.format == fmt
+    lengths = [int(e["input_ids"].shape[1]) for e in prepared.examples]
+    assert lengths == sorted(lengths) and len(set(lengths)) > 1  # length order, and the micro-batches pad
+    for example in prepared.examples:
+        scored = int((example["labels"] != -100).sum())
+        assert 0 < scored <= lengths[-1] and (scored < example["labels"].shape[1]) == (fmt != "text")
+    fast = compute_votes_batched(load_base_model(prepared.plan), prepared.objective, prepared.examples, names,
+                                 micro_batch_size=3, progress=False)
+    grads = reference_grads(load_base_model(prepared.plan), prepared.objective.loss, prepared.examples, names)
+    assert_votes_agree(fast, grads, names)

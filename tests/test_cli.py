@@ -49,7 +49,7 @@ def test_run_then_inspect_output(trios, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "θ_B zero-shot" in printed and "GradFix (gradfix)" in printed and f"wrote {out}" in printed
     # the table says which split it scores: a plain run scores evaluation.split, the validation split
-    assert f"accuracy on the validation split {trio['test']} (20 samples):" in printed
+    assert f"accuracy, f1 on the validation split {trio['test']} (20 samples):" in printed
     report = json.loads((out / "gradfix_report.json").read_text())
     assert report["method"]["alpha"] == 0.3
     assert report["evaluation"]["split_role"] == "validation" and "method_chosen_on" not in report["evaluation"]

@@ -30,15 +30,21 @@ def no_network(monkeypatch):
     clear_metric_cache()
 
 
+# [0, 1] vs [0, 0]; ["a b", "b c"] vs ["a b", "c"] (ROUGE-L: 1, and LCS 1 of 2 and 1 tokens: F = 2/3)
+EXPECTED = {"accuracy": 0.5, "f1": 0.0, "exact_match": 0.5, "rouge": (1 + 2 / 3) / 2}
+
+
 @pytest.mark.parametrize("name", BUILTIN_METRICS)
+
 def test_builtin_metrics_load_from_the_package_with_the_hub_unreachable(no_network, name):
     assert metric_source(name) == str(METRICS_DIR / name) and (METRICS_DIR / name / f"{name}.py").is_file()
     module = load_metric(name)
     assert module.name == name
-    text = name == "exact_match"
-    predictions, references = (["a", "b"], ["a", "c"]) if text else ([0, 1], [0, 0])
+    text = name in ("exact_match", "rouge")
+    predictions, references = (["a b", "b c"], ["a b", "c"]) if text else ([0, 1], [0, 0])
     result = module.compute(predictions=predictions, references=references)
-    assert set(result) == {name} and 0.0 <= result[name] <= 1.0
+    key = "rougeL" if name == "rouge" else name  # ROUGE-L's F-measure, under rouge-score's name
+    assert set(result) == {key} and result[key] == pytest.approx(EXPECTED[name])
 
 
 def test_a_hub_metric_that_cannot_be_loaded_is_a_clear_error_before_any_model_is_read(no_network):
@@ -47,7 +53,7 @@ def test_a_hub_metric_that_cannot_be_loaded_is_a_clear_error_before_any_model_is
     recipe = Recipe.from_dict(raw)
     assert recipe.evaluation.metrics == ("accuracy", "precision")  # reading a recipe loads nothing
     with pytest.raises(RecipeError, match=r"evaluation\.metrics: 'precision' is not a built-in metric .accuracy, "
-                                          r"f1, exact_match.; loading it runs its script .* trust_remote_code: true"):
+                                          r"f1, exact_match, rouge.; loading it runs its script .* trust_remote_code: true"):
         prepare(recipe)  # the models "t", "s", "f" do not exist: the metric is checked first
     with pytest.raises(RecipeError, match=r"evaluation\.metrics: cannot load metric 'precision'.*accuracy, f1, "
                                           r"exact_match.*needs network"):

@@ -29,6 +29,7 @@ class LabelledSamples:
     fingerprint: str
     indices: list[int] = field(default_factory=list)  # each row's index in the split
     selection: Optional[dict] = None  # how the rows were chosen: {"method", "pool", ...} (gradfix_hf/data/selection.py)
+    encoded: Optional[list] = field(default=None, repr=False)  # the rows encoded once by a scorer, kept for the next
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -121,7 +122,7 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
         if embed is None:
             selection.update(deferred=True, planned_samples=k * len(pools))
             return LabelledSamples(rows=[], labels=[], source=source, fingerprint="", selection=selection)
-        chosen = _choose_on_embeddings(dataset, pools, k, method, embed, where, label_space)
+        chosen = choose_on_embeddings(dataset, pools, k, method, embed, where, label_space)
     rows = [dataset[i] for i in chosen]
     labels = [label_space.index(r[data_cfg.label_column], where) for r in rows]
     fp = fingerprint([{c: r[c] for c in columns if c} for r in rows], labels, extra)
@@ -129,7 +130,7 @@ def select_per_class(dataset, data_cfg, label_space: LabelSpace, *, where: str =
                            selection=selection)
 
 
-def _choose_on_embeddings(dataset, pools: dict[int, list[int]], k: int, method: str, embed: Embedder,
+def choose_on_embeddings(dataset, pools: dict[int, list[int]], k: int, method: str, embed: Embedder,
                           where: str, label_space: LabelSpace) -> list[int]:
     """Embed every class's pool in one call, then pick K rows per class with the selection algorithm."""
     order = [i for cls in sorted(pools) for i in pools[cls]]

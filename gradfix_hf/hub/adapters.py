@@ -54,6 +54,11 @@ class AdapterInfo:
     def base_model_name_or_path(self) -> Optional[str]:
         return self.config.base_model_name_or_path
 
+    @property
+    def modules_to_save(self) -> list[str]:
+        """The modules the adapter stores whole (peft's ``modules_to_save``)."""
+        return sorted(self.config.modules_to_save or [])
+
     def describe(self) -> dict:
         c = self.config
         return {"peft_type": "LORA", "r": c.r, "lora_alpha": c.lora_alpha, "use_rslora": bool(c.use_rslora),

@@ -11,7 +11,9 @@ for each one D = output − θ_B, the masked delta that a full output folder wou
 * a changed bias is stored whole, under the key peft loads into the base layer (``…base_layer.bias`` for an
   adapted module, ``….bias`` otherwise), with ``bias: all`` so a re-save by peft keeps it;
 * any other changed tensor (LayerNorm/RMSNorm weights, the classification head copied from the fine-tune, a
-  head of a sequence classifier) makes its module a ``modules_to_save`` module, stored whole (exact);
+  head of a sequence classifier, a module named in ``modules_to_save``: by default those the LoRA fine-tune
+  stored whole, e.g. a chat fine-tune's ``embed_tokens``/``lm_head``) makes its module a ``modules_to_save``
+  module, stored whole (exact);
 * a weight tied to another module's (GPT-2's ``lm_head`` to ``wte``) gets the same factors on both modules, so
   ``PeftModel.from_pretrained`` gives both paths the delta, as the tied full model does. (peft's
   ``merge_and_unload`` then adds it twice to the shared tensor: the report lists these modules under ``tied``.)
@@ -27,7 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -41,7 +43,8 @@ from .streaming import MergeJob, compute_thresholds, output_layout, output_tenso
 
 logger = logging.getLogger("gradfix_hf")
 PREFIX = "base_model.model."
-TASK_TYPES = {"sequence-classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal-lm": "CAUSAL_LM"}
+TASK_TYPES = {"sequence-classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal-lm": "CAUSAL_LM",
+              "sft": "CAUSAL_LM"}
 SEQ_CLS_HEADS = ("classifier", "score")  # peft's PeftModelForSequenceClassification keeps these whole
 
 
@@ -101,9 +104,10 @@ def _module_of(name: str) -> tuple[str, str]:
 
 def write_lora_adapter(job: MergeJob, folder, *, rank: Optional[int] = None, energy: Optional[float] = None,
                        target=None, objective: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                       progress: bool = False) -> tuple[dict, dict]:
+                       modules_to_save: Sequence[str] = (), progress: bool = False) -> tuple[dict, dict]:
     """Write ``job``'s result as a LoRA adapter for θ_B into ``folder``; return (per-tensor statistics as
-    :func:`~gradfix_hf.merge.streaming.merge_to_folder` gives them, the adapter report)."""
+    :func:`~gradfix_hf.merge.streaming.merge_to_folder` gives them, the adapter report). Modules named in
+    ``modules_to_save`` (matched as peft matches them: the name or its last components) are stored whole."""
     from peft import LoraConfig
 
     if rank is None and energy is None:
@@ -119,9 +123,10 @@ def write_lora_adapter(job: MergeJob, folder, *, rank: Optional[int] = None, ene
     # what a full output folder would store (output.dtype, else θ_B's, else the fine-tune's)
     stored = {name: stored_dtype for name, stored_dtype, _ in output_layout(head, dtype)}
 
-    def is_head(module: str) -> bool:
-        return task_type == "SEQ_CLS" and any(
-            module == h or module.startswith(h + ".") or module.endswith("." + h) for h in SEQ_CLS_HEADS)
+    def stored_whole(module: str) -> bool:
+        heads = SEQ_CLS_HEADS if task_type == "SEQ_CLS" else ()
+        return any(module == h or module.startswith(h + ".") or module.endswith("." + h) for h in heads) or any(
+            module == m or module.endswith("." + m) for m in modules_to_save)
 
     state: dict[str, torch.Tensor] = {}
     per_tensor: dict[str, dict] = {}
@@ -149,7 +154,7 @@ def write_lora_adapter(job: MergeJob, folder, *, rank: Optional[int] = None, ene
         if not bool(torch.any(delta != 0)):
             continue
         kind = kinds.get(module)
-        if attr == "weight" and kind in (LINEAR, CONV1D, EMBEDDING) and delta.dim() == 2 and not is_head(module):
+        if attr == "weight" and kind in (LINEAR, CONV1D, EMBEDDING) and delta.dim() == 2 and not stored_whole(module):
             factors = truncated_svd(delta, rank, energy, stored[name])
             owners = [(module, kind)]
             for alias in layout.aliases.get(name, []):

@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RecipeError
+from ..recipe.data import LOSS_METRICS
 
 METRICS_DIR = Path(__file__).resolve().parent
-BUILTIN_METRICS = ("accuracy", "f1", "exact_match")
+BUILTIN_METRICS = ("accuracy", "f1", "exact_match", "rouge")
 DEFAULT_METRICS = ("accuracy", "f1")
+#: metrics for which a lower value is better (the α and candidate choices minimise them)
+LOWER_IS_BETTER = frozenset(LOSS_METRICS)
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` is better (every metric but NLL and perplexity)."""
+    return name.split(".", 1)[0] not in LOWER_IS_BETTER
 
 
 def metric_source(name: str) -> str:
@@ -58,7 +66,7 @@ def check_available(names: Sequence[str], where: str = "evaluation.metrics", *, 
     when loaded), and is loaded now so that one that cannot be loaded fails when a run is prepared. With
     ``run_code`` False (a dry run) nothing is loaded: the flag is still checked."""
     for name in names:
-        if name in BUILTIN_METRICS:
+        if name in BUILTIN_METRICS or name in LOSS_METRICS:
             continue
         if not trust_remote_code:
             load_metric(name, where)  # the refusal, with its reason

@@ -14,8 +14,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..errors import GradFixError
+from ..errors import GradFixError, RecipeError
 from ..objectives import Objective, Seq2SeqObjective
+from .language_modeling import is_sft, sft_scores
+from ..recipe.data import LOSS_METRICS, metric_objective_error
 from .loading import DEFAULT_METRICS, load_metric
 
 
@@ -45,12 +47,19 @@ class MetricSet:
     ``exact_match`` for an objective that generates its label."""
 
     def __init__(self, names: Sequence[str] = DEFAULT_METRICS, objective: Optional[Objective] = None, *,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, max_new_tokens: Optional[int] = None):
         names = tuple(names)
+        sft = is_sft(objective)
         if objective is not None and generates(objective) and "exact_match" not in names:
             names += ("exact_match",)
+        problem = metric_objective_error(getattr(objective, "name", ""), names)
+        if problem:
+            raise RecipeError(f"evaluation.metrics: {problem}")
         self.names = names
-        self.modules = {name: load_metric(name, trust_remote_code=trust_remote_code) for name in names}
+        self.objective_is_sft = sft
+        self.max_new_tokens = max_new_tokens
+        self.modules = {name: load_metric(name, trust_remote_code=trust_remote_code) for name in names
+                        if name not in LOSS_METRICS}
         self.text_metrics = {name for name, module in self.modules.items() if _takes_text(module)}
 
     def compute(self, predictions: Predictions, num_labels: int) -> dict[str, float]:
@@ -105,6 +114,9 @@ def collect_predictions(objective: Objective, model: torch.nn.Module, samples, *
 def score_model(objective: Objective, model: torch.nn.Module, samples, metrics: MetricSet,
                 batch_size: int = 32) -> dict[str, float]:
     """Every metric of ``metrics`` for ``model`` on ``samples``, from one collection of predictions."""
+    if metrics.objective_is_sft:  # NLL, perplexity and generated text (gradfix_hf/metrics/language_modeling.py)
+        return sft_scores(objective, model, samples, metrics.names, metrics.modules,
+                          max_new_tokens=metrics.max_new_tokens)
     predictions = collect_predictions(objective, model, samples, texts=bool(metrics.text_metrics),
                                       batch_size=batch_size)
     return metrics.compute(predictions, num_labels=len(objective.labels.names))

@@ -71,15 +71,20 @@ class CausalLMObjective(TextToTextObjective):
         return self.batch_losses(model, example)[0]
 
     def batch_losses(self, model, batch):
-        """Logits only where a label token is predicted (``logits_to_keep``): the LM head's vocabulary-wide
-        product at the other positions is wasted work (with 128 tokens and one label word, 127 of 128 rows) and
-        most of the memory of the logits. The scored rows and their losses are the same as with full logits."""
-        if not _takes_logits_to_keep(type(model).forward):
-            return super().batch_losses(model, batch)
-        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-        scored = (targets != -100).any(0).nonzero().squeeze(1)
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=scored).logits
-        return token_losses(logits, targets[:, scored], shift=False)
+        return causal_lm_losses(self, model, batch)
+
+
+def causal_lm_losses(objective: Objective, model, batch: dict) -> torch.Tensor:
+    """Per-sample mean NLL of the tokens a causal LM predicts (``labels`` ≠ -100, position t predicting token t + 1),
+    with logits only where some sample has such a token (``logits_to_keep``): the LM head's vocabulary-wide
+    product at the other positions is wasted work (with 128 tokens and one label word, 127 of 128 rows) and most of
+    the memory of the logits. The scored rows and their losses are the same as with full logits."""
+    if not _takes_logits_to_keep(type(model).forward):
+        return Objective.batch_losses(objective, model, batch)
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    scored = (targets != -100).any(0).nonzero().squeeze(1)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=scored).logits
+    return token_losses(logits, targets[:, scored], shift=False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,23 +11,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below are; imported on first use
-    from .data import (SELECTION_ALIASES, SELECTIONS, DataConfig, EvaluationConfig, canonical_selection, metric_names,
-                       prompt_error, template_error)
+    from .data import (LOSS_TOKENS, SELECTION_ALIASES, SELECTIONS, SFT_FORMATS, DataConfig, EvaluationConfig,
+                       canonical_selection, metric_names, prompt_error, template_error)
     from .method import (AUTO, DEFAULT_CANDIDATES, MethodConfig, candidate_key, candidate_label,
                          validate_candidates)
     from .models import ModelRef, ModelsConfig, ResolvedTask, TaskConfig
     from .output import DTYPES, LoraExportConfig, OutputConfig, parse_size
-    from .recipe import OBJECTIVES, VOTE_ENGINES, Recipe
+    from .recipe import DEFAULT_METRICS, OBJECTIVES, VOTE_ENGINES, Recipe
     from .validation import build, check_choice, check_fields, read_yaml_mapping
 
 _MODULES = {
-    ".data": ["SELECTION_ALIASES", "SELECTIONS", "DataConfig", "EvaluationConfig", "canonical_selection",
-              "metric_names", "prompt_error", "template_error"],
+    ".data": ["LOSS_TOKENS", "SELECTION_ALIASES", "SELECTIONS", "SFT_FORMATS", "DataConfig", "EvaluationConfig",
+              "canonical_selection", "metric_names", "prompt_error", "template_error"],
     ".method": ["AUTO", "DEFAULT_CANDIDATES", "MethodConfig", "candidate_key", "candidate_label",
                 "validate_candidates"],
     ".models": ["ModelRef", "ModelsConfig", "ResolvedTask", "TaskConfig"],
     ".output": ["DTYPES", "LoraExportConfig", "OutputConfig", "parse_size"],
-    ".recipe": ["OBJECTIVES", "VOTE_ENGINES", "Recipe"],
+    ".recipe": ["DEFAULT_METRICS", "OBJECTIVES", "VOTE_ENGINES", "Recipe"],
     ".validation": ["build", "check_choice", "check_fields", "read_yaml_mapping"],
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
@@ -50,4 +50,5 @@ __all__ = ["Recipe", "ModelRef", "ModelsConfig", "TaskConfig", "ResolvedTask", "
            "MethodConfig", "OutputConfig", "LoraExportConfig", "OBJECTIVES", "VOTE_ENGINES", "DTYPES", "AUTO",
            "DEFAULT_CANDIDATES", "SELECTIONS", "SELECTION_ALIASES", "canonical_selection", "metric_names",
            "template_error", "prompt_error", "validate_candidates", "candidate_key", "candidate_label", "parse_size",
-           "build", "check_choice", "check_fields", "read_yaml_mapping"]
+           "build", "check_choice", "check_fields", "read_yaml_mapping", "SFT_FORMATS", "LOSS_TOKENS",
+           "DEFAULT_METRICS"]

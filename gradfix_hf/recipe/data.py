@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import RecipeError
 from .validation import check_choice, check_fields, paths_as_strings
 
+#: SFT data shapes (TRL's column conventions): a ``messages`` column, ``prompt``/``completion`` columns, plain ``text``
+SFT_FORMATS = ("messages", "prompt-completion", "text")
+#: which tokens of an SFT row carry the loss: the assistant's / the completion's (``completion``), or every one
+LOSS_TOKENS = ("completion", "all")
 #: the ``data.selection`` values; ``random`` needs no embeddings (the algorithms: gradfix_hf/data/selection.py)
 SELECTIONS = ("random", "herding", "k-medoids", "k-center")
 #: other accepted spellings: the paper and the issue call the k-center coreset "coreset"
@@ -67,6 +71,26 @@ def prompt_error(prompt: str, has_pair: bool) -> Optional[str]:
     return None
 
 
+#: metrics of class predictions (what an SFT objective does not make)
+CLASS_METRICS = ("accuracy", "f1")
+#: scores of a language model computed from its own losses on the loss tokens (not `evaluate` modules)
+LOSS_METRICS = ("nll", "perplexity")
+
+
+def metric_objective_error(objective: str, names: Sequence[str]) -> Optional[str]:
+    """Why metric ``names`` cannot score ``objective`` (class metrics for SFT, NLL for the others), or None."""
+    sft = objective == "sft"
+    for name in names:
+        if sft and name in CLASS_METRICS:
+            return (f"{name!r} scores class predictions; objective 'sft' is scored by {', '.join(LOSS_METRICS)} "
+                    "and text metrics of what it generates (rouge, exact_match).")
+        if not sft and name in LOSS_METRICS:
+            which = f"objective {objective!r}" if objective else "this objective"
+            return (f"{name!r} is a score of SFT data (objective 'sft'); {which} is scored by its predictions "
+                    "(e.g. accuracy, f1).")
+    return None
+
+
 def metric_names(names: Any, where: str = "evaluation.metrics") -> tuple[str, ...]:
     """A non-empty tuple of distinct metric names (whether each can be loaded is checked when a run is prepared,
     :func:`gradfix_hf.metrics.check_available`)."""
@@ -88,6 +112,12 @@ class DataConfig:
 
     ``selection`` chooses the K rows of a class: ``random`` (seeded, no model load) or, on θ_B's embeddings of
     a seeded pool of at most ``selection_pool`` rows per class, ``herding``, ``k-medoids`` or ``k-center``.
+
+    SFT data (``objective: sft``) votes on ``rows`` rows (chosen the same ways, as one class), in TRL's column
+    conventions: ``messages`` (a conversation, rendered with θ_B's chat template, or ``chat_template``, or that of
+    the tokenizer in ``tokenizer``),
+    ``prompt``/``completion``, or plain ``text``; ``format`` says which when the columns hold several. The loss
+    covers the assistant's / completion's tokens (``loss_tokens: completion``) or every token (``all``).
     """
 
     path: str
@@ -106,6 +136,15 @@ class DataConfig:
     max_length: int = 128
     image_column: str = "image"  # image objectives (clip-zero-shot): an Image feature, or image file paths
     templates: Optional[list[str]] = None  # clip-zero-shot prompt templates, "{}" or "{label}" = the class name
+    # objective sft (chat / instruction data, TRL's column conventions): N rows instead of K per class
+    rows: Optional[int] = None
+    format: Optional[str] = None  # messages | prompt-completion | text; null or auto: from the columns
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    loss_tokens: str = "completion"
+    chat_template: Optional[str] = None  # a Jinja template (or a file holding one) instead of θ_B's tokenizer's
+    tokenizer: Optional[str] = None  # a folder or Hub id whose tokenizer renders the rows instead of θ_B's
 
     WHERE = "data"
 
@@ -135,6 +174,24 @@ class DataConfig:
             raise RecipeError(f"data.prompt: {error}")
         if not self.image_column:
             raise RecipeError(f"data.image_column: the name of the image column, got {self.image_column!r}.")
+        self._check_sft_fields()
+
+    def _check_sft_fields(self) -> None:
+        if self.rows is not None and self.rows < 1:
+            raise RecipeError(f"data.rows: the number of SFT rows that vote, an integer >= 1, got {self.rows!r}.")
+        if self.rows is not None and self.selection_pool is not None and self.selection_pool < self.rows:
+            raise RecipeError(f"data.selection_pool: rows embedded, an integer >= data.rows ({self.rows}) or null "
+                              f"for every row, got {self.selection_pool!r}.")
+        if self.format not in (None, "auto"):
+            check_choice(self.format, SFT_FORMATS, "data.format")
+        check_choice(self.loss_tokens, LOSS_TOKENS, "data.loss_tokens")
+        for key in ("messages_column", "prompt_column", "completion_column"):
+            if not getattr(self, key):
+                raise RecipeError(f"data.{key}: a column name, got {getattr(self, key)!r}.")
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            raise RecipeError("data.tokenizer: a folder or Hub id holding a tokenizer, got an empty string.")
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise RecipeError("data.chat_template: a Jinja chat template, or the path of a file holding one.")
 
 
 @dataclass(frozen=True)
@@ -160,6 +217,7 @@ class EvaluationConfig:
     test_path: Optional[str] = None
     alphas: Optional[list[float]] = None
     metrics: tuple[str, ...] = ("accuracy", "f1")
+    max_new_tokens: Optional[int] = None  # generation metrics of objective sft (rouge, exact_match)
     few_shot_steps: int = 1
     few_shot_lr: float = 1e-5
     few_shot_batch_size: Optional[int] = None
@@ -191,6 +249,8 @@ class EvaluationConfig:
                 raise RecipeError(f"evaluation.{key}: an integer >= {low}, got {value!r}.")
         if not self.few_shot_lr > 0:
             raise RecipeError(f"evaluation.few_shot_lr: a positive number, got {self.few_shot_lr!r}.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise RecipeError(f"evaluation.max_new_tokens: an integer >= 1, got {self.max_new_tokens!r}.")
         if self.max_samples is not None and self.max_samples < 1:
             raise RecipeError(f"evaluation.max_samples: must be an integer >= 1 (rows scored per split), or null "
                               f"for every row, got {self.max_samples!r}.")

@@ -29,10 +29,15 @@ def parse_size(size: Union[int, str]) -> int:
 class LoraExportConfig:
     """``output.as_lora``: write a LoRA adapter for θ_B instead of full weights, by truncated SVD of each masked
     delta: a fixed ``rank``, or per module the smallest rank keeping ``energy`` of the delta's squared Frobenius
-    norm (with ``rank`` as a cap when both are given). YAML: ``as_lora: 16`` or ``as_lora: {energy: 0.9}``."""
+    norm (with ``rank`` as a cap when both are given). YAML: ``as_lora: 16`` or ``as_lora: {energy: 0.9}``.
+
+    ``modules_to_save``: modules whose changed weights are stored whole rather than factored, as peft's
+    ``modules_to_save`` (e.g. ``[embed_tokens, lm_head]`` of a chat fine-tune that trained them whole); default:
+    those of θ_A^ft when it is a LoRA adapter, else none (``[]``: factor every weight)."""
 
     rank: Optional[int] = None
     energy: Optional[float] = None
+    modules_to_save: Optional[list[str]] = None
 
     WHERE = "output.as_lora"
 
@@ -45,6 +50,10 @@ class LoraExportConfig:
             raise RecipeError(f"output.as_lora.rank: must be a positive integer, got {self.rank!r}.")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise RecipeError(f"output.as_lora.energy: must be a number in (0, 1], got {self.energy!r}.")
+        if self.modules_to_save is not None and (not isinstance(self.modules_to_save, list) or not all(
+                isinstance(m, str) and m for m in self.modules_to_save)):
+            raise RecipeError("output.as_lora.modules_to_save: a list of module names (e.g. [embed_tokens, lm_head]), "
+                              f"got {self.modules_to_save!r}.")
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,15 @@ from typing import Any, Callable, Mapping, Optional, Union
 import yaml
 
 from ..errors import RecipeError
-from .data import DataConfig, EvaluationConfig
+from .data import DataConfig, EvaluationConfig, metric_objective_error
 from .method import MethodConfig
 from .models import ModelsConfig, ResolvedTask, TaskConfig
 from .output import OutputConfig
 from .validation import RECIPE_EXPECTATION, build, check_choice, check_fields, paths_as_strings, read_yaml_mapping
 
-OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot", "callable")
+OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot", "callable", "sft")
+#: held-out metrics when the recipe names none: class metrics, or the NLL and perplexity of an SFT objective
+DEFAULT_METRICS = {"sft": ("nll", "perplexity")}
 VOTE_ENGINES = ("auto", "batched", "reference")
 
 
@@ -76,10 +78,33 @@ class Recipe:
                               "user 'callable' loss does not give; use 'auto' or 'reference'.")
         if self.objective == "callable" and self.loss_fn is None:
             raise RecipeError("objective: 'callable' needs a loss_fn (Python API: Recipe(..., loss_fn=fn)).")
+        if self.objective == "sft":
+            self._sft_defaults()
+        elif any(d is not None and (d.tokenizer or d.chat_template) for d in self._data_sections().values()):
+            raise RecipeError("data.tokenizer / data.chat_template: only objective 'sft' renders rows with another "
+                              "tokenizer or chat template.")
+        if self.evaluation is not None:
+            problem = metric_objective_error(self.objective, self.evaluation.metrics)
+            if problem:
+                raise RecipeError(f"evaluation.metrics: {problem}")
         if self.method.is_auto and self.evaluation is None:
             raise RecipeError("method: 'auto' picks the mask and α on a held-out split: add an evaluation section "
                               "(evaluation.split, and evaluation.alphas for the grid).")
         self._check_tasks()
+
+    def _sft_defaults(self) -> None:
+        """An SFT recipe votes on ``data.rows`` rows, and is scored by NLL and perplexity unless it says otherwise."""
+        for where, data in self._data_sections().items():
+            if data is not None and data.rows is None:
+                raise RecipeError(f"{where}.rows: objective 'sft' votes on N rows of the data (not K per class); "
+                                  "set data.rows, e.g. 32.")
+        if self.evaluation is not None and self.evaluation.metrics == EvaluationConfig.metrics:
+            object.__setattr__(self, "evaluation", dataclasses.replace(self.evaluation,
+                                                                       metrics=DEFAULT_METRICS["sft"]))
+
+    def _data_sections(self) -> dict:
+        """``{where: DataConfig or None}`` for the recipe's data and each task's."""
+        return {"data": self.data, **{f"tasks[{i}].data": t.data for i, t in enumerate(self.tasks or ())}}
 
     def _check_tasks(self) -> None:
         method, models = self.method.method, self.models

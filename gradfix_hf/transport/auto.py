@@ -20,6 +20,7 @@ import logging
 from typing import Optional, Sequence
 
 from ..merge import MergeJob
+from ..metrics import higher_is_better
 from ..plan import load_base_model
 from ..recipe import MethodConfig, candidate_key, candidate_label
 from ..storage import VotesFile
@@ -39,7 +40,9 @@ def candidate_jobs(prepared: PreparedRun, votes: VotesFile) -> list[tuple[str, s
 def choose(entries: dict[str, dict], candidates: Sequence[dict]) -> dict:
     """The best candidate on validation (``entries``: the sweep's per-method entries, keyed by candidate key)."""
     order = [candidate_key(c) for c in candidates]
-    best_index = max(range(len(order)), key=lambda i: (entries[order[i]]["best_validation"], -i))
+    metric = next(iter(entries[order[0]]["best_validation_scores"]))
+    sign = 1.0 if higher_is_better(metric) else -1.0  # NLL and perplexity: the lowest is best
+    best_index = max(range(len(order)), key=lambda i: (sign * entries[order[i]]["best_validation"], -i))
     key = order[best_index]
     entry = entries[key]
     return {"key": key, "label": entry["label"], "parameters": {"mask": "gradfix", **candidates[best_index]},

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RecipeError
 from ..merge import MergeJob, apply_in_memory, iter_deltas
-from ..metrics import MetricSet, score_model
+from ..metrics import MetricSet, higher_is_better, score_model
 from ..plan import TARGET_FT, load_base_model
 from ..recipe import Recipe, candidate_label
 from .few_shot import few_shot_baseline
@@ -26,8 +26,9 @@ DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 def evaluation_metrics(prepared: PreparedRun) -> MetricSet:
     """The run's `evaluate` metrics (``evaluation.metrics``, the first picks α; plus exact match for seq2seq)."""
-    return MetricSet(prepared.recipe.evaluation.metrics, prepared.objective,
-                     trust_remote_code=prepared.recipe.trust_remote_code)
+    evaluation = prepared.recipe.evaluation
+    return MetricSet(evaluation.metrics, prepared.objective, trust_remote_code=prepared.recipe.trust_remote_code,
+                     max_new_tokens=evaluation.max_new_tokens)
 
 
 def score_row(model_label: str, method: str, alpha: Optional[float], scores: dict) -> dict:
@@ -91,9 +92,10 @@ def set_alpha(params: dict, tensors: dict, alpha: float) -> None:
 
 def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: list[float], metrics: MetricSet, *,
                test: bool = True, progress: bool = False) -> tuple[dict[str, dict], list[str]]:
-    """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α,
-    ties → the smallest α) and, when ``test`` and a test split exist, at its best α on the test split.
-    ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the grid-edge warnings."""
+    """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α — the
+    highest, or the lowest NLL / perplexity — ties → the smallest α) and, when ``test`` and a test split exist, at
+    its best α on the test split. ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the
+    grid-edge warnings."""
     params = dict(model.named_parameters())
     objective, validation = prepared.objective, prepared.eval_samples
     test_samples = prepared.test_samples if test else None
@@ -109,7 +111,8 @@ def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: 
             scores[alpha] = score_model(objective, model, validation, metrics)
             bar.update()
         primary = next(iter(scores[grid[0]]))
-        best = max(grid, key=lambda a: (scores[a][primary], -a))  # ties: the smallest α
+        sign = 1.0 if higher_is_better(primary) else -1.0  # NLL and perplexity: the lowest is best
+        best = max(grid, key=lambda a: (sign * scores[a][primary], -a))  # ties: the smallest α
         entry: dict[str, Any] = {"label": label, "validation": {str(a): s[primary] for a, s in scores.items()},
                                  "validation_scores": {str(a): s for a, s in scores.items()},
                                  "best_alpha": best, "best_validation": scores[best][primary],

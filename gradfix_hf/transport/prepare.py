@@ -6,16 +6,18 @@ held-out scores and the merge of a run read.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..data import (LabelledSamples, describe_source, evaluation_samples, label_space_from_rows, load_split,
-                    select_per_class, target_embedder, with_images)
+from ..data import (LabelledSamples, describe_source, evaluation_rows, evaluation_samples, label_space_from_rows,
+                    load_split, select_per_class, select_rows, target_embedder, with_images)
 from ..errors import GradFixError, RecipeError
 from ..hub import ResolvedModel, resolve_model
 from ..metrics import check_available
-from ..objectives import OBJECTIVES, CallableObjective, CLIPZeroShotObjective, Objective
+from ..objectives import (OBJECTIVES, CallableObjective, CLIPZeroShotObjective, Objective, SFTObjective,
+                          load_named_tokenizer)
 from ..plan import (SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan, bind_adapters, build_layout, check_configs,
                     check_tokenizers, load_config, plan_transport, task_config)
 from ..recipe import Recipe, ResolvedTask
@@ -114,15 +116,24 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     data_notes: dict = {}
     data = task.data
     if data is not None:
+        if data.tokenizer is not None:  # objective sft: it renders the rows, and the output carries it
+            tokenizer = load_named_tokenizer(data, getattr(configs[TARGET], "vocab_size", None), token=token,
+                                             trust_remote_code=trust)
         if tokenizer is None and recipe.objective != "callable":
             raise GradFixError(f"{TARGET}: no tokenizer found in {names[TARGET]} (nor in the source models).")
         dataset = load_split(data.path, name=data.name, split=data.split,
                              revision=data.revision, where="data", token=token)
         columns = [data.image_column, data.label_column] if clip else None  # what the objective reads
+        sft = objective_cls is SFTObjective
         if clip:
             dataset = with_images(dataset, data.image_column, data.path, "data")
             labels = CLIPZeroShotObjective.label_space(data, configs[SOURCE_FT], dataset)
             objective = CLIPZeroShotObjective.from_target(data, tokenizer, labels, plan, image_processor)
+        elif sft:  # chat / instruction data: N rows, no classes (gradfix_hf/objectives/sft.py)
+            labels = SFTObjective.label_space(data, None)
+            objective = SFTObjective.for_data(data, tokenizer, dataset.column_names)
+            if objective.chat_template is not None:  # the output carries the template the run used
+                tokenizer.chat_template = objective.chat_template
         elif objective_cls is CallableObjective:
             if data.label_column not in dataset.column_names:
                 raise GradFixError(f"data: label column {data.label_column!r} not in {dataset.column_names}.")
@@ -136,15 +147,28 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             data_notes["max_length"] = capped
         extra = {"objective": recipe.objective, "prompt": data.prompt,
                  "label_words": data.label_words, "max_length": data.max_length}
+        if sft:  # what the loss of a row depends on
+            extra = {"objective": recipe.objective, "format": objective.format, "loss_tokens": data.loss_tokens,
+                     "max_length": data.max_length, "chat_template": objective.chat_template}
         if clip:  # the prompts are part of the loss, hence of what the votes depend on
             extra.update(templates=objective.templates, image_column=data.image_column)
         embed = None
         if data.selection != "random":  # θ_B's own embeddings choose the rows (gradfix_hf/data/selection.py)
             embed = target_embedder(plan, objective, batch_size=recipe.vote_batch_size)
-        samples = select_per_class(dataset, data, labels, fingerprint_extra=extra,
-                                   embed=embed if select_samples else None, columns=columns,
-                                   text_columns=objective.text_columns())
-        examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
+        if sft:
+            samples = select_rows(dataset, data, columns=objective.data_columns(),
+                                  text_columns=objective.text_columns(), fingerprint_extra=extra,
+                                  embed=embed if select_samples else None)
+            if samples.rows:  # in length order; rows with no loss token left are counted and skipped
+                examples, kept, data_notes["sft"] = objective.encode_rows(samples.rows, samples.indices,
+                                                                           samples.source)
+                samples = dataclasses.replace(samples, rows=[samples.rows[i] for i in kept],
+                                              labels=[0] * len(kept), indices=[samples.indices[i] for i in kept])
+        else:
+            samples = select_per_class(dataset, data, labels, fingerprint_extra=extra,
+                                       embed=embed if select_samples else None, columns=columns,
+                                       text_columns=objective.text_columns())
+            examples = [objective.encode(row, label) for row, label in zip(samples.rows, samples.labels)]
         if recipe.evaluation is not None:
             if objective_cls is CallableObjective:
                 raise RecipeError("evaluation: held-out scores need a built-in objective, not 'callable'.")
@@ -155,6 +179,9 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
                                   where=where, token=token)
                 if clip:
                     rows = with_images(rows, data.image_column, path, where)
+                if sft:
+                    return evaluation_rows(rows, ev.max_samples, describe_source(path, split), where=where,
+                                           columns=objective.data_columns(), text_columns=objective.text_columns())
                 return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where,
                                           columns=columns, text_columns=objective.text_columns())
 

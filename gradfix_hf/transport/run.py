@@ -126,6 +126,14 @@ def _evaluation(head: PreparedRun, job: MergeJob, auto: Optional[dict]) -> Optio
     return evaluation
 
 
+def _modules_to_save(prepared: list[PreparedRun], requested: Optional[list[str]]) -> list[str]:
+    """``output.as_lora.modules_to_save``, by default the modules the LoRA fine-tunes among the inputs store whole."""
+    if requested is not None:
+        return list(requested)
+    adapters = [run.models[SOURCE_FT] for run in prepared if run.models[SOURCE_FT].is_adapter]
+    return sorted({m for model in adapters for m in model.extra["adapter"].modules_to_save})
+
+
 def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
                 destination: Path, overwrite: bool, progress: bool, started: float,
                 auto: Optional[dict] = None) -> TransportResult:
@@ -138,9 +146,10 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
     with atomic_folder(destination, overwrite=overwrite) as tmp:
         lora = None
         if recipe.output.as_lora is not None:  # a LoRA adapter for θ_B instead of full weights
-            per_tensor, lora = write_lora_adapter(job, tmp, rank=recipe.output.as_lora.rank,
-                                                  energy=recipe.output.as_lora.energy, target=target,
-                                                  objective=recipe.objective, dtype=dtype, progress=progress)
+            as_lora = recipe.output.as_lora
+            per_tensor, lora = write_lora_adapter(job, tmp, rank=as_lora.rank, energy=as_lora.energy, target=target,
+                                                  objective=recipe.objective, dtype=dtype, progress=progress,
+                                                  modules_to_save=_modules_to_save(prepared, as_lora.modules_to_save))
         else:
             per_tensor = merge_to_folder(job, tmp, dtype=dtype, max_shard_size=recipe.output.max_shard_size,
                                          progress=progress)

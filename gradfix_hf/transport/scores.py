@@ -1,5 +1,5 @@
 """Which split a run's held-out scores come from, said the same way by the CLI printout, ``gradfix inspect`` and
-the model card. Light: no model library.
+the model card, and the table the CLI prints. Light: no model library.
 
 A run scores the test split when ``evaluation.test_path``/``test_split`` gives one (``split_role: test`` in the
 report), else ``evaluation.split``, the validation split (``split_role: validation``). ``method: auto`` chooses on
@@ -30,3 +30,26 @@ def evaluation_heading(evaluation: dict, *, what: Optional[str] = None, code: bo
         return (heading + "; the same split chose the method and α, so the chosen row is optimistic (set "
                 "evaluation.test_path or test_split for a test split)")
     return heading + f"; the method and α were chosen on the {chosen_on} split"
+
+
+def evaluation_table(evaluation: Optional[dict]) -> str:
+    """The report's evaluation table as printed: which split (validation or test) it scores, then one row each,
+    with a column per metric when there are several (the first one chose α)."""
+    if not evaluation:
+        return ""
+    metrics = [m for m in evaluation.get("metrics") or [evaluation["metric"]]
+               if all(m in (row.get("scores") or {}) for row in evaluation["rows"])] or [evaluation["metric"]]
+    if len(metrics) == 1:
+        lines = [evaluation_heading(evaluation) + ":"]
+        lines += [f"  {row['model']:<28} {_alpha(row):<8} {row['score']:.4f}" for row in evaluation["rows"]]
+        return "\n".join(lines)
+    lines = [evaluation_heading(evaluation, what=", ".join(metrics)) + ":",
+             f"  {'':<28} {'':<8} " + " ".join(f"{m:>10}" for m in metrics)]
+    for row in evaluation["rows"]:
+        lines.append(f"  {row['model']:<28} {_alpha(row):<8} " + " ".join(f"{row['scores'][m]:>10.4f}"
+                                                                           for m in metrics))
+    return "\n".join(lines)
+
+
+def _alpha(row: dict) -> str:
+    return "" if row["alpha"] is None else f"α={row['alpha']:g}"
