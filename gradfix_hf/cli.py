@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Build a tiny source/fine-tune/target trio and a toy task offline, run "
                                        "the quickstart recipe and print held-out scores.")
     quick.add_argument("--workdir", default="gradfix-quickstart", help="folder for models, data and output")
+    quick.add_argument("--chat", action="store_true",
+                       help="a tiny chat model pair instead (Llama architecture, ChatML template, full and LoRA chat "
+                            "fine-tunes, in WORKDIR/chat/), and recipes/sft-chat.yaml on it (objective: sft)")
     quick.add_argument("--no-progress", action="store_true", help="hide every progress bar")
     return parser
 
@@ -149,17 +152,10 @@ def _load_recipe(args: argparse.Namespace):
     return Recipe.from_yaml(args.recipe, overrides=overrides)
 
 
-def format_evaluation(evaluation: Optional[dict]) -> str:
-    """The report's evaluation table as printed: which split (validation or test) it scores, then one row each."""
-    if not evaluation:
-        return ""
-    from .transport.scores import evaluation_heading
+def _evaluation_table(evaluation: Optional[dict]) -> str:
+    from .transport.scores import evaluation_table  # light: no model library
 
-    lines = [evaluation_heading(evaluation) + ":"]
-    for row in evaluation["rows"]:
-        alpha = "" if row["alpha"] is None else f"α={row['alpha']:g}"
-        lines.append(f"  {row['model']:<28} {alpha:<8} {row['score']:.4f}")
-    return "\n".join(lines)
+    return evaluation_table(evaluation)
 
 
 def _check_push(args: argparse.Namespace) -> None:
@@ -194,13 +190,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"the Hub token is valid; a real run would push to {args.push_to_hub}.")
         return 0
     totals = result.report["totals"]
-    auto = result.report.get("auto")
-    if auto:  # method: auto — what the validation split chose
-        print(f"method auto: chose {auto['label']} at α={auto['alpha']:g} ({auto['metric']} "
-              f"{auto['validation']:.4f} on the validation split {auto['split']}; " + ", ".join(
-                  f"{c['label']} {c['best_validation']:.4f} at α={c['best_alpha']:g}"
-                  for c in auto["candidates"].values()) + ")")
-    print(format_evaluation(result.evaluation))
+    _print_auto(result.report)
+    print(_evaluation_table(result.evaluation))
     print(f"kept {totals['kept_fraction']:.4f} of τ_A over {totals['transported_coordinates']} coordinates")
     lora = result.report.get("lora")
     if lora:
@@ -210,6 +201,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         _print_push(result.output_dir, result.push_to_hub(args.push_to_hub, private=args.private or None))
     return 0
+
+
+def _print_auto(report: dict) -> None:
+    """What ``method: auto`` chose on the validation split, and every candidate's best score there."""
+    auto = report.get("auto")
+    if auto:
+        print(f"method auto: chose {auto['label']} at α={auto['alpha']:g} ({auto['metric']} "
+              f"{auto['validation']:.4f} on the validation split {auto['split']}; " + ", ".join(
+                  f"{c['label']} {c['best_validation']:.4f} at α={c['best_alpha']:g}"
+                  for c in auto["candidates"].values()) + ")")
 
 
 def _print_push(folder: Path, commit) -> None:
@@ -284,7 +285,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             from .merge import drift_table
 
             print(drift_table(summary["drift"]))
-        print(format_evaluation(summary["evaluation"]))
+        print(_evaluation_table(summary["evaluation"]))
     return 0
 
 
@@ -341,8 +342,9 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    result = run_quickstart(args.workdir, progress=not args.no_progress)
-    print(format_evaluation(result.evaluation))
+    result = run_quickstart(args.workdir, progress=not args.no_progress, chat=args.chat)
+    _print_auto(result.report)
+    print(_evaluation_table(result.evaluation))
     print(f"wrote {result.output_dir}")
     return 0
 

@@ -18,7 +18,8 @@ from gradfix_hf import Recipe
 from gradfix_hf.cli import main
 from gradfix_hf.quickstart import (MARKER, describe_run, ensure_quickstart_assets, quickstart_recipe,
                                    run_quickstart)
-from gradfix_hf.quickstart.build import STAGES, STEPS
+from gradfix_hf.quickstart.build import STEPS
+from gradfix_hf.quickstart.chat import STEPS as CHAT_STEPS
 from gradfix_hf.transport.output_folder import read_report
 
 from conftest import fine_tune
@@ -88,8 +89,12 @@ def test_offline_recipe_dry_run(path, quickstart_root, monkeypatch, capsys):
     tasks = recipe.resolved_tasks()
     assert len(plans) == len(tasks)
     for task, task_plan in zip(tasks, plans):
-        assert task_plan["tensors"]["transported"] > 30  # every encoder tensor of the 2-layer BERT
+        # every encoder tensor of the 2-layer BERT; every tensor of the 2-layer chat Llama (2×9, embeddings, norm, head)
+        assert task_plan["tensors"]["transported"] == 21 if recipe.objective == "sft" else \
+            task_plan["tensors"]["transported"] > 30
         expected = 2 * task.data.samples_per_class if recipe.needs_votes else 0
+        if recipe.objective == "sft":  # N rows, chosen even for naive addition (the few-shot baseline trains on them)
+            expected = task.data.rows
         assert task_plan["vote_samples"] == expected
     assert (sorted(p.name for p in output.iterdir()) if output.exists() else None) == before  # nothing written
 
@@ -112,7 +117,10 @@ def test_offline_recipe_runs(path, quickstart_root, monkeypatch, tmp_path):
         assert auto["alpha"] in recipe.evaluation.alphas and report["method"]["alpha"] == auto["alpha"]
         assert report["method"]["name"] == "gradfix"
         assert {k: report["method"][k] for k in auto["parameters"]} == auto["parameters"]
-        assert kept == 1 if auto["key"] == "naive" else kept < 1
+        if auto["key"] != "naive":
+            assert kept < 1
+        else:  # naive keeps all of τ_A (a chat fine-tune leaves its padding row at zero: τ_A = 0 there)
+            assert kept == 1 if recipe.objective != "sft" else kept > 0.999
     else:
         assert report["method"] == recipe.method.to_dict()
         assert kept == 1 if recipe.method.name == "task_arithmetic" else kept < 1  # every other one masks or trims
@@ -120,14 +128,23 @@ def test_offline_recipe_runs(path, quickstart_root, monkeypatch, tmp_path):
     if recipe.evaluation is not None:
         rows = report["evaluation"]["rows"]
         assert [r["method"] for r in rows][:3] == ["zero-shot", "few-shot", "naive"]
-        assert all(0 <= r["score"] <= 1 for r in rows)
         naive = next(r["score"] for r in rows if r["method"] == "naive")
-        assert naive > rows[0]["score"] + 0.1  # τ_A transfers on this close pair: naive beats θ_B zero-shot
+        if recipe.objective == "sft":  # NLL of the assistant tokens: lower is better
+            assert report["evaluation"]["metric"] == "nll" and all(r["score"] > 0 for r in rows)
+            assert naive < rows[0]["score"] - 1.0  # the chat fine-tune transfers: far below θ_B zero-shot
+        else:
+            assert all(0 <= r["score"] <= 1 for r in rows)
+            assert naive > rows[0]["score"] + 0.1  # τ_A transfers on this close pair: naive beats θ_B zero-shot
     else:
         assert not report.get("evaluation")
     if recipe.output.as_lora is not None:
         assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
         assert 0 < report["lora"]["totals"]["relative_error"] < 1
+    elif recipe.objective == "sft":  # a chat model, with the template the votes used
+        model = transformers.AutoModelForCausalLM.from_pretrained(out)
+        assert transformers.AutoTokenizer.from_pretrained(out).chat_template == \
+            transformers.AutoTokenizer.from_pretrained(recipe.models.target.path).chat_template
+        assert model.generation_config.eos_token_id == model.config.eos_token_id
     else:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(out)
         assert model.config.id2label == {0: "negative", 1: "positive"}  # the (first) sentiment task's head
@@ -136,9 +153,14 @@ def test_offline_recipe_runs(path, quickstart_root, monkeypatch, tmp_path):
 def test_build_says_what_it_does(quickstart_root):
     """The build logs a line per model, naming its folder and its training steps, then the time it took."""
     _, lines = quickstart_root
-    assert lines[0].startswith("gradfix quickstart: building") and lines[-1].startswith("gradfix quickstart: built")
+    chat = next(i for i, line in enumerate(lines) if line.startswith("gradfix quickstart --chat: building"))
+    assert lines[0].startswith("gradfix quickstart: building")
+    assert lines[chat - 1].startswith("gradfix quickstart: built")
     for name, steps in STEPS.items():
-        assert any(f" {name} " in line and f"{steps} steps" in line for line in lines), name
+        assert any(f" {name} " in line and f"{steps} steps" in line for line in lines[:chat]), name
+    assert lines[-1].startswith("gradfix quickstart --chat: built")
+    for name, steps in CHAT_STEPS.items():
+        assert any(f" chat/{name} " in line and f"{steps} steps" in line for line in lines[chat:]), name
     workdir = quickstart_root[0] / "gradfix-quickstart"
     assert describe_run(quickstart_recipe(workdir)) == (
         "running recipes/quickstart.yaml: votes of 16 samples on θ_B, gradfix mask of τ_A, streaming merge, "
