@@ -27,14 +27,12 @@ exactly), so right padding is exercised.
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
 import json
 import math
 import os
 import platform
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -53,7 +51,8 @@ from gradfix_hf.quickstart.toy import word_tokenizer  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
 from gradfix_hf.votes import NOISE_FLOOR, compute_votes, compute_votes_batched  # noqa: E402
 from gradfix_hf.votes.fold import noise_limits  # noqa: E402
-from machine import fmt, processor, source_fingerprint, write_json  # noqa: E402 (bench/ is on sys.path)
+# bench/ is on sys.path
+from machine import PeakMemory, cpu_busy_seconds, fmt, processor, source_fingerprint, sync, write_json  # noqa: E402
 
 MODELS = ("bert", "t5", "gpt2")
 AUTHORS_BATCH = 32  # the authors' code forwards micro-batches of 32
@@ -145,73 +144,6 @@ def length_stats(examples: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- measuring
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_busy_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process) from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
-    return busy / tick, (int(own[11]) + int(own[12])) / tick
-
-
-class PeakMemory:
-    """Peak RSS from now on (the kernel's high-water mark after a reset, else the lifetime ru_maxrss), and how
-    much CPU other processes took meanwhile (they share the cores and slow the measurement down)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        gc.collect()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.method = "VmHWM after clear_refs reset"
-        except OSError:
-            self.method = "ru_maxrss (lifetime of the child process)"
-        self.baseline_mb = rss_mb()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.cuda_baseline_mb = torch.cuda.memory_allocated() / 2 ** 20
-        self.started = time.perf_counter()
-        self.cpu = cpu_busy_seconds()
-
-    def read(self) -> dict:
-        wall = time.perf_counter() - self.started
-        busy, own = (b - a for a, b in zip(self.cpu, cpu_busy_seconds()))
-        peak = None
-        if self.method.startswith("VmHWM"):
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = int(line.split()[1]) / 1024
-        if peak is None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out = {"peak_rss_mb": round(peak, 1), "baseline_rss_mb": round(self.baseline_mb, 1),
-               "peak_over_baseline_mb": round(peak - self.baseline_mb, 1), "rss_method": self.method,
-               # CPU time other processes used while this was measured, as a fraction of all cores' time
-               "other_processes_cpu_fraction": round(max(0.0, busy - own) / (wall * (os.cpu_count() or 1)), 3)}
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-            out["cuda_baseline_allocated_mb"] = round(self.cuda_baseline_mb, 1)
-        return out
-
-
 def warm_up(model, objective, examples, device: str) -> None:
     """One small forward+backward (kernels, allocator), identical for every method; leaves no .grad."""
     params = list(model.parameters())
