@@ -177,6 +177,9 @@ def test_few_shot_options_more_steps_batches_and_off(splits):
         return dict(few_shot_finetune(model, prepared.objective, prepared.examples, transported, **options)
                     .named_parameters())[name]
 
+    # gradient accumulation over micro-batches is the same step as one forward of the whole batch
+    torch.testing.assert_close(tuned(steps=1, micro_batch_size=2), tuned(steps=1), rtol=0, atol=1e-7)
+    assert len(prepared.examples) > 2  # the micro-batches really split the batch
     three = tuned(steps=3, batch_size=2, seed=5)
     assert torch.equal(three, tuned(steps=3, batch_size=2, seed=5))  # deterministic
     assert not torch.equal(three, tuned(steps=3, batch_size=2, seed=6))  # the seed draws the batches

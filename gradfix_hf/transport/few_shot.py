@@ -26,13 +26,20 @@ def few_shot_label(steps: int) -> str:
     return f"θ_B few-shot FT ({steps} step{'s' if steps != 1 else ''})"
 
 
-def mean_loss(objective: Objective, model: torch.nn.Module, examples: Sequence[dict]) -> torch.Tensor:
-    """The mean per-sample loss of ``examples``: one batched forward where the objective supports it."""
-    if objective.supports_batching:
-        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v
-                 for k, v in objective.collate(list(examples)).items()}
-        return objective.batch_losses(model, batch).mean()
-    return torch.stack([objective.loss(model, example) for example in examples]).mean()
+def accumulate_mean_loss(objective: Objective, model: torch.nn.Module, examples: Sequence[dict],
+                         micro_batch_size: Optional[int] = None) -> None:
+    """Backpropagate the mean per-sample loss of ``examples`` into ``.grad``, ``micro_batch_size`` samples per
+    forward (the same gradient as one forward of them all, whose activations would not fit for an LLM)."""
+    size = len(examples) if not micro_batch_size else micro_batch_size
+    for start in range(0, len(examples), size):
+        chunk = list(examples[start:start + size])
+        if objective.supports_batching:
+            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                     for k, v in objective.collate(chunk).items()}
+            total = objective.batch_losses(model, batch).sum()
+        else:
+            total = torch.stack([objective.loss(model, example) for example in chunk]).sum()
+        (total / len(examples)).backward()
 
 
 def _batches(count: int, size: int, seed: int) -> Iterator[list[int]]:
@@ -46,8 +53,10 @@ def _batches(count: int, size: int, seed: int) -> Iterator[list[int]]:
 
 def few_shot_finetune(model: torch.nn.Module, objective: Objective, examples: Sequence[dict],
                       parameter_names: Sequence[str], *, steps: int = 1, lr: float = 1e-5,
-                      batch_size: Optional[int] = None, seed: int = 0) -> torch.nn.Module:
-    """A fine-tuned deep copy of ``model``: ``steps`` AdamW steps on ``examples`` over ``parameter_names``."""
+                      batch_size: Optional[int] = None, seed: int = 0,
+                      micro_batch_size: Optional[int] = None) -> torch.nn.Module:
+    """A fine-tuned deep copy of ``model``: ``steps`` AdamW steps on ``examples`` over ``parameter_names``, each
+    step's batch forwarded ``micro_batch_size`` samples at a time (gradient accumulation: the same step)."""
     if not examples:
         raise RecipeError("evaluation.few_shot_steps: the few-shot baseline needs the vote samples (a data section).")
     if steps < 1:
@@ -66,7 +75,7 @@ def few_shot_finetune(model: torch.nn.Module, objective: Objective, examples: Se
     tuned.eval()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        mean_loss(objective, tuned, [examples[i] for i in next(batches)]).backward()
+        accumulate_mean_loss(objective, tuned, [examples[i] for i in next(batches)], micro_batch_size)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return tuned.eval()
@@ -80,5 +89,6 @@ def few_shot_baseline(prepared: PreparedRun, model: torch.nn.Module) -> Optional
         return None
     tuned = few_shot_finetune(model, prepared.objective, prepared.examples, prepared.plan.transported,
                               steps=evaluation.few_shot_steps, lr=evaluation.few_shot_lr,
-                              batch_size=evaluation.few_shot_batch_size, seed=prepared.task.data.seed)
+                              batch_size=evaluation.few_shot_batch_size, seed=prepared.task.data.seed,
+                              micro_batch_size=prepared.recipe.vote_batch_size)
     return few_shot_label(evaluation.few_shot_steps), tuned
