@@ -104,6 +104,29 @@ def test_python_api_scores_and_returns_a_chat_model(chat, tmp_path):
     assert notes["rows"] == 8 and notes["format"] == "messages" and notes["rows_without_loss_token"] == 0
 
 
+def test_batched_generation_equals_one_conversation_at_a_time(chat):
+    """Generation metrics decode in left-padded batches of mixed prompt lengths: each row's text is the one greedy
+    decoding of that conversation alone gives (from apply_chat_template directly), in row order."""
+    from gradfix_hf.metrics import generated_texts
+
+    prepared = prepare(Recipe.from_dict(sft_recipe(chat, evaluation={"metrics": ["nll", "rouge"]})))
+    samples = prepared.eval_samples
+    rows = samples.rows
+    tokenizer = AutoTokenizer.from_pretrained(chat / "target")
+    model = AutoModelForCausalLM.from_pretrained(chat / "source-finetuned").eval()
+    lengths = {len(template_ids(tokenizer, row["messages"][:-1], generation_prompt=True)) for row in rows}
+    assert len(lengths) > 2  # the batch really pads
+    texts, references = generated_texts(prepared.objective, model, samples, max_new_tokens=10, batch_size=5)
+    expected = []
+    for row in rows:
+        ids = torch.tensor([template_ids(tokenizer, row["messages"][:-1], generation_prompt=True)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert texts == expected and any(texts)
+    assert references == [row["messages"][-1]["content"].strip() for row in rows]
+
+
 def test_sweep_and_auto_pick_the_lowest_nll(chat):
     """Lower is better for NLL: the sweep's α per method and auto's candidate are the minima of its own table."""
     recipe = sft_recipe(chat, method={"name": "auto", "candidates": ["naive", "gradfix"]},

@@ -68,8 +68,10 @@ def loss_scores(objective: SFTObjective, model: torch.nn.Module, samples, *, bat
 
 @torch.no_grad()
 def generated_texts(objective: SFTObjective, model: torch.nn.Module, samples, *,
-                    max_new_tokens: Optional[int] = None) -> tuple[list[str], list[str]]:
-    """(generated text, reference) of every row of ``samples`` that has a prompt (greedy, one row at a time)."""
+                    max_new_tokens: Optional[int] = None, batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """(generated text, reference) of every row of ``samples`` that has a prompt, in row order. Greedy; rows are
+    generated in batches of similar prompt length, left-padded (one row at a time spends most of its time in
+    ``generate``'s per-step overhead: 32 headlines of SmolLM2-135M took 39 s, batched 16 at a time a few)."""
     tokenizer = objective.tokenizer
     rendered = [r for _, r in rendered_rows(objective, samples) if r.prompt_ids]
     if not rendered:
@@ -79,13 +81,22 @@ def generated_texts(objective: SFTObjective, model: torch.nn.Module, samples, *,
                                                             .input_ids) for r in rendered) + 1)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    predictions = []
-    for r in rendered:
-        ids = torch.tensor([r.prompt_ids], device=device)
-        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
-                                max_new_tokens=limit, pad_token_id=pad)
-        predictions.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
-    return predictions, [r.reference.strip() for r in rendered]
+    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i].prompt_ids))
+    predictions: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(rendered[i].prompt_ids) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
+            prompt = rendered[i].prompt_ids
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            attention[row, width - len(prompt):] = 1
+        output = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=False,
+                                num_beams=1, max_new_tokens=limit, pad_token_id=pad)
+        for row, i in enumerate(chunk):
+            predictions[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+    return [predictions[i] for i in range(len(rendered))], [r.reference.strip() for r in rendered]
 
 
 def sft_scores(objective: SFTObjective, model: torch.nn.Module, samples, names: Sequence[str], modules: dict, *,
