@@ -33,6 +33,8 @@ def _add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
                         help="per-sample gradient engine: batched (one backward per micro-batch), reference (the "
                              "exact one-sample loop) or auto (batched unless the objective is a user callable)")
     parser.add_argument("--vote-batch-size", type=int, help="micro-batch size of the batched engine (default 16)")
+    parser.add_argument("--vote-dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="θ_B's dtype during the vote (auto: its stored dtype on a GPU, float32 on a CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +138,7 @@ def _load_recipe(args: argparse.Namespace):
     overrides: dict = {}
     if getattr(args, "allow_pickle", False):
         overrides["allow_pickle"] = True
-    for key in ("vote_engine", "vote_batch_size"):
+    for key in ("vote_engine", "vote_batch_size", "vote_dtype"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     method = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
@@ -253,7 +255,8 @@ def _cmd_votes(args: argparse.Namespace) -> int:
     on_main_process(context, lambda: votes.save(output, overwrite=args.overwrite))
     if not context.is_main:
         return 0
-    print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors, "
+    skipped = f" ({len(votes.not_voted)} more not voted: τ_A zero everywhere)" if votes.not_voted else ""
+    print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors{skipped}, "
           f"aggregation={votes.metadata['aggregation']}, target={votes.metadata['target']}")
     return 0
 
@@ -276,6 +279,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                     "data_fingerprint", "library_version"):
             print(f"  {key:<17} {meta.get(key, '')}")
         print(f"  {'tensors':<17} {summary['tensors']} ({summary['coordinates']} coordinates, {summary['dtype']})")
+        if summary["not_voted"]:
+            print(f"  {'not voted':<17} {len(summary['not_voted'])} tensors (τ_A zero everywhere: θ_B's, unmasked)")
         print("  votes            " + ", ".join(f"{k} {v:.4f}" for k, v in summary["overall"].items()))
     else:
         print(f"output folder {path}")

@@ -7,6 +7,7 @@ gradfix_hf's own stage 1; both front ends then read the same votes files, and ev
 (``torch.equal``) unless a test says why not.
 """
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("mergekit")
 
@@ -297,3 +298,35 @@ def test_name_alignment_prefix_and_tied_weights(world):
         "model.layers.0.mlp.up_proj.weight"
     tied_base = gm_inputs.WeightNames(tied=tied.tied, base_tied=True)
     assert gm_inputs.vote_key(votes, "lm_head.weight", "model", tied_base) == "model.embed_tokens.weight"
+
+
+def test_votes_that_leave_unmoved_tensors_out(world, tmp_path):
+    """A fine-tune that froze its embedding: the vote leaves it out (``not_voted``); the mergekit method merges
+    from that file the same tensors as ``gradfix run`` (θ_B's embedding), and refuses the file for a fine-tune
+    whose τ_A moves that tensor."""
+    tuned = load_file(Path(world["ft0"]) / "model.safetensors")
+    tuned["model.embed_tokens.weight"] = load_file(Path(world["source"]) / "model.safetensors")["embed_tokens.weight"]
+    frozen = tmp_path / "frozen"
+    shutil.copytree(world["ft0"], frozen)
+    save_file(tuned, frozen / "model.safetensors", metadata={"format": "pt"})
+    recipe = gradfix_hf.Recipe.from_dict({
+        "objective": "causal-lm", "method": {"mask": "gradfix"},
+        "models": {"source": world["source"], "source_finetuned": str(frozen), "target": world["target"]},
+        "data": {"path": world["train"], "samples_per_class": 3, "seed": 0, "prompt": PROMPT,
+                 "label_words": dict(LABELS)}})
+    votes = compute_recipe_votes(prepare(recipe), progress=False)
+    assert votes.not_voted == ["model.embed_tokens.weight"] and "model.embed_tokens.weight" not in votes.votes
+    path = votes.save(tmp_path / "votes.safetensors")
+    config = {"merge_method": "gradfix", "base_model": world["target"], "dtype": "float32",
+              "parameters": {"alpha": 0.5, "mask": "gradfix"},
+              "models": [{"model": str(frozen), "parameters": {"source": world["source"], "votes": str(path)}}]}
+    ours = mergekit_merge(config, tmp_path / "mergekit")
+    reference = engine_merge(world, {"name": "gradfix", "alpha": 0.5, "mask": "gradfix"},
+                             [{"source_finetuned": str(frozen), "source": world["source"], "votes": str(path)}],
+                             tmp_path / "engine")
+    assert all(torch.equal(ours[name], tensor) for name, tensor in reference.items())
+    target = load_file(Path(world["target"]) / "model.safetensors")
+    assert torch.equal(ours["model.embed_tokens.weight"], target["model.embed_tokens.weight"])
+    config["models"][0]["model"] = world["ft0"]  # its τ_A moves the embedding the file left out
+    with pytest.raises(VotesFileError, match="embed_tokens.weight.*left out of the vote as unmoved"):
+        mergekit_merge(config, tmp_path / "mergekit-bad")

@@ -87,6 +87,10 @@ def tensor_inputs(job: MergeJob, name: str, reads: Optional[_Reads] = None) -> t
         if source == "oracle":
             signs.append(torch.sign(reads.get(plan, TARGET_FT, name) - target))
             evidence.append(None)
+        elif source is not None and name not in votes.votes:  # not voted: τ_A ≡ 0 there, so any mask gives 0
+            votes.check_not_voted(name, taus[-1])
+            signs.append(torch.zeros(taus[-1].shape, dtype=torch.int8))
+            evidence.append(torch.zeros(taus[-1].shape, dtype=torch.bool))
         elif source is not None:
             signs.append(votes.votes[name])
             evidence.append(votes.evidence.get(name))
@@ -117,7 +121,8 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
     stats = {"numel": delta.numel(), "kept_fraction": kept / max(delta.numel(), 1),
              "kept_of_nonzero_tau": kept / max(nonzero, 1)}
     if len(job.votes) == 1 and job.votes[0] is not None and inputs.signs[0] is not None:
-        stats["votes"] = job.votes[0].statistics(name, inputs.signs[0])
+        voted = name in job.votes[0].votes
+        stats["votes"] = job.votes[0].statistics(name, inputs.signs[0]) if voted else {"not_voted": True}
     stats["drift"] = tensor_drift(norms, agreement)
     fresh = all(delta.data_ptr() != t.data_ptr() for t in [target, *inputs.taus])
     del inputs

@@ -7,10 +7,13 @@ from .roles import SOURCE_FT, TARGET
 from .transport_plan import TransportPlan
 
 
-def load_base_model(plan: TransportPlan) -> torch.nn.Module:
-    """θ_B in fp32 as the task model, with tensors absent from θ_B (a new head) taken from θ_A^ft."""
-    model = plan.layout.model_class.from_config(plan.layout.config)
-    model.float()
+def load_base_model(plan: TransportPlan, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """θ_B as the task model in ``dtype`` (fp32 unless the vote asks for less), with tensors absent from θ_B (a new
+    head) taken from θ_A^ft."""
+    # built in ``dtype`` (as from_pretrained(dtype=...) does): buffers computed in float32 (RoPE's inv_freq) stay so
+    model = plan.layout.model_class.from_config(plan.layout.config, dtype=dtype)
+    if dtype == torch.float32:
+        model.float()
     state = {}
     for name in plan.layout.shapes:
         role = SOURCE_FT if name in plan.copied_from_finetune else TARGET

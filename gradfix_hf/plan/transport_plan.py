@@ -3,7 +3,9 @@
 The target layout is the task model class (e.g. ``BertForSequenceClassification``) built on the meta device
 from θ_B's config, with the fine-tune's label config. Every parameter of it is either
 
-* transported: present in θ_A, θ_A^ft and θ_B → θ_B + α·(m ⊙ τ_A),
+* transported: present in θ_A, θ_A^ft and θ_B → θ_B + α·(m ⊙ τ_A); among them the *unmoved* ones, whose τ_A is
+  zero everywhere (a module a LoRA fine-tune did not target, a frozen embedding): their output is θ_B's tensor
+  for any mask, so they get no vote (and no per-sample gradient work),
 * copied from the fine-tune: absent from θ_A but present in θ_A^ft (a new classification head), or
 * taken from θ_B unchanged (buffers, non-float tensors).
 
@@ -37,6 +39,9 @@ class TransportPlan:
     copied_from_finetune: list[str] = field(default_factory=list)
     from_target: list[str] = field(default_factory=list)
     ignored: dict[str, list[str]] = field(default_factory=dict)
+    #: transported tensors whose τ_A is zero everywhere; None when not looked at (a plan made without reading the
+    #: checkpoints' values, e.g. for a merge from votes files, which checks each tensor as it reads it instead)
+    unmoved: Optional[list[str]] = None
 
     def tensor(self, role: str, name: str) -> torch.Tensor:
         """A float32 tensor of ``role`` under the target's name ``name``."""
@@ -53,8 +58,15 @@ class TransportPlan:
         votes of another model with the same shapes are not taken for this one's."""
         return tensors_fingerprint(self.readers[TARGET], {name: self.keys[TARGET][name] for name in self.transported})
 
+    @property
+    def moved(self) -> list[str]:
+        """The transported tensors that τ_A changes (all of them when :attr:`unmoved` is not known)."""
+        unmoved = set(self.unmoved or ())
+        return [name for name in self.transported if name not in unmoved]
+
     def summary(self) -> dict:
-        return {"transported": len(self.transported), "copied_from_finetune": self.copied_from_finetune,
+        return {"transported": len(self.transported), "unmoved": None if self.unmoved is None else len(self.unmoved),
+                "copied_from_finetune": self.copied_from_finetune,
                 "from_target": len(self.from_target), "ignored": {k: v for k, v in self.ignored.items() if v}}
 
 
@@ -120,4 +132,10 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
         for role, reader in readers.items():
             for name in keys[role]:
                 reader.get_checked(keys[role][name])
+        plan.unmoved = unmoved_tensors(plan)
     return plan
+
+def unmoved_tensors(plan: TransportPlan) -> list[str]:
+    """The transported tensors whose τ_A = θ_A^ft − θ_A is exactly zero (compared in the fp32 the merge uses)."""
+    return [name for name in plan.transported
+            if torch.equal(plan.tensor(SOURCE_FT, name), plan.tensor(SOURCE, name))]

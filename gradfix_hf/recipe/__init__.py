@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # what the names below are; imported on first use
                          validate_candidates)
     from .models import ModelRef, ModelsConfig, ResolvedTask, TaskConfig
     from .output import DTYPES, LoraExportConfig, OutputConfig, parse_size
-    from .recipe import DEFAULT_METRICS, OBJECTIVES, VOTE_ENGINES, Recipe
+    from .recipe import DEFAULT_METRICS, OBJECTIVES, VOTE_DTYPES, VOTE_ENGINES, Recipe
     from .validation import build, check_choice, check_fields, read_yaml_mapping
 
 _MODULES = {
@@ -27,7 +27,7 @@ _MODULES = {
                 "validate_candidates"],
     ".models": ["ModelRef", "ModelsConfig", "ResolvedTask", "TaskConfig"],
     ".output": ["DTYPES", "LoraExportConfig", "OutputConfig", "parse_size"],
-    ".recipe": ["DEFAULT_METRICS", "OBJECTIVES", "VOTE_ENGINES", "Recipe"],
+    ".recipe": ["DEFAULT_METRICS", "OBJECTIVES", "VOTE_DTYPES", "VOTE_ENGINES", "Recipe"],
     ".validation": ["build", "check_choice", "check_fields", "read_yaml_mapping"],
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
@@ -47,7 +47,8 @@ def __dir__() -> list:
 
 
 __all__ = ["Recipe", "ModelRef", "ModelsConfig", "TaskConfig", "ResolvedTask", "DataConfig", "EvaluationConfig",
-           "MethodConfig", "OutputConfig", "LoraExportConfig", "OBJECTIVES", "VOTE_ENGINES", "DTYPES", "AUTO",
+           "MethodConfig", "OutputConfig", "LoraExportConfig", "OBJECTIVES", "VOTE_DTYPES", "VOTE_ENGINES", "DTYPES",
+           "AUTO",
            "DEFAULT_CANDIDATES", "SELECTIONS", "SELECTION_ALIASES", "canonical_selection", "metric_names",
            "template_error", "prompt_error", "validate_candidates", "candidate_key", "candidate_label", "parse_size",
            "build", "check_choice", "check_fields", "read_yaml_mapping", "SFT_FORMATS", "LOSS_TOKENS",

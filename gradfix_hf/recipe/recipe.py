@@ -26,6 +26,8 @@ OBJECTIVES = ("sequence-classification", "seq2seq", "causal-lm", "clip-zero-shot
 #: held-out metrics when the recipe names none: class metrics, or the NLL and perplexity of an SFT objective
 DEFAULT_METRICS = {"sft": ("nll", "perplexity")}
 VOTE_ENGINES = ("auto", "batched", "reference")
+#: θ_B's dtype during the vote: ``auto`` = θ_B's stored float dtype on a GPU, float32 on a CPU
+VOTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Recipe:
     model_class: Optional[str] = None
     vote_engine: str = "auto"
     vote_batch_size: int = 16
+    vote_dtype: str = "auto"
 
     WHERE = ""  # top-level keys are named bare: trust_remote_code, vote_batch_size
 
@@ -71,6 +74,7 @@ class Recipe:
         check_fields(self, self.WHERE)  # trust_remote_code and allow_pickle: true or false, nothing else
         check_choice(self.objective, OBJECTIVES, "objective")
         check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
+        check_choice(self.vote_dtype, VOTE_DTYPES, "vote_dtype")
         if self.vote_batch_size < 1:
             raise RecipeError(f"vote_batch_size: must be a positive integer, got {self.vote_batch_size!r}.")
         if self.vote_engine == "batched" and self.objective == "callable":

@@ -8,6 +8,7 @@ objective, the target and its revision, a data fingerprint and a fingerprint of 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -59,6 +60,21 @@ class VotesFile:
     def n_samples(self) -> int:
         return int(self.metadata["n_samples"])
 
+    @property
+    def not_voted(self) -> list[str]:
+        """Transported tensors left out of the vote because τ_A is zero everywhere on them (not ties: no vote)."""
+        return list(json.loads(self.metadata.get("not_voted") or "[]"))
+
+    def check_not_voted(self, name: str, tau: torch.Tensor) -> None:
+        """A tensor without votes merges only where this file left it out as unmoved and τ_A is zero everywhere."""
+        where = f"votes file (target {self.metadata['target']})"
+        if name not in self.not_voted:
+            raise VotesFileError(f"{where}: no votes for tensor {name!r}.")
+        if bool(tau.any()):
+            raise VotesFileError(f"{where}: tensor {name!r} was left out of the vote as unmoved (τ_A zero everywhere), "
+                                 f"but this merge's τ_A changes {int(torch.count_nonzero(tau))} of its coordinates: "
+                                 "the votes were computed for another fine-tune.")
+
     def shape(self, name: str) -> tuple[int, ...]:
         votes = self.votes
         return votes.shape(name) if isinstance(votes, _LazyTensors) else tuple(votes[name].shape)
@@ -104,7 +120,17 @@ class VotesFile:
         if metadata["aggregation"] not in ("majority", "mean"):
             raise VotesFileError(f"{path}: corrupt metadata: aggregation is {metadata['aggregation']!r}, "
                                  "not 'majority' or 'mean'.")
+        try:
+            not_voted = json.loads(metadata.get("not_voted") or "[]")
+        except ValueError:
+            not_voted = None
+        if not isinstance(not_voted, list) or not all(isinstance(n, str) for n in not_voted):
+            raise VotesFileError(f"{path}: corrupt metadata: not_voted is {metadata['not_voted'][:80]!r}, not a "
+                                 "JSON list of tensor names.")
         shapes = {key: entry.shape for key, entry in entries.items()}
+        both = [n for n in not_voted if n in shapes]
+        if both:
+            raise VotesFileError(f"{path}: corrupt file: {both[0]!r} has votes but is listed as not voted.")
         dtypes = {key: entry.dtype for key, entry in entries.items()}
         names = [k for k in shapes if not k.startswith((ROWS, BITS))]
         bad = [k for k in names if dtypes[k] not in _INTEGER_DTYPES]

@@ -48,5 +48,6 @@ def inspect_path(path: Path, top: int = 10) -> dict:
     stats = {name: votes.statistics(name) for name in votes.votes}
     ordered = sorted(stats.items(), key=lambda kv: -kv[1]["no_evidence"])[:top]
     return {"kind": "votes", "path": str(path), "metadata": votes.metadata, "tensors": len(votes.votes),
+            "not_voted": votes.not_voted,
             "coordinates": sum(v.numel() for v in votes.votes.values()), "overall": votes.overall_statistics(),
             "dtype": str(next(iter(votes.votes.values())).dtype), "most_no_evidence": dict(ordered)}

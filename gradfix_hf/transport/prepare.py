@@ -50,7 +50,18 @@ class PreparedRun:
 
     @property
     def voted_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {n: self.plan.layout.parameters[n] for n in self.plan.transported}
+        """The tensors the vote covers: those τ_A moves (a tensor with τ_A ≡ 0 merges to θ_B whatever its mask). A
+        vote shared by several sources (``multi_source``) covers every transported tensor: another source may
+        move what this one does not."""
+        shared = self.recipe.method.method.shared_vote
+        names = self.plan.transported if shared else self.plan.moved
+        return {n: self.plan.layout.parameters[n] for n in names}
+
+    @property
+    def not_voted(self) -> list[str]:
+        """Transported tensors the vote leaves out (τ_A is zero everywhere on them)."""
+        voted = self.voted_shapes
+        return [n for n in self.plan.transported if n not in voted]
 
     def summary(self) -> dict:
         return {

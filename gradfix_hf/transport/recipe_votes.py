@@ -42,13 +42,44 @@ def vote_engine_name(recipe: Recipe, objective: Objective) -> str:
     return "batched" if objective.supports_batching else "reference"
 
 
+def vote_device(context: ProcessContext) -> torch.device:
+    """Where this process votes: its accelerator under a launcher with several processes, else the CPU."""
+    return context.device if context.distributed else torch.device("cpu")
+
+
+def vote_dtype(prepared: PreparedRun, device: torch.device) -> torch.dtype:
+    """θ_B's dtype during the vote: the recipe's ``vote_dtype``; ``auto`` is θ_B's stored float dtype on a GPU and
+    float32 on a CPU (where bfloat16 matmuls are slower than float32 ones). Checked on ``device`` now: a dtype it
+    cannot run is refused before any model is loaded."""
+    name = prepared.recipe.vote_dtype
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        stored = {prepared.plan.readers[TARGET].dtype(prepared.plan.keys[TARGET][n]) for n in prepared.voted_shapes}
+        stored = {d for d in stored if d.is_floating_point}
+        return stored.pop() if len(stored) == 1 else torch.float32
+    dtype = getattr(torch, name)
+    problem = None
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        problem = f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+    else:
+        try:  # what a vote does in this dtype: a matmul and its backward
+            a = torch.ones(2, 2, dtype=dtype, device=device, requires_grad=True)
+            (a @ a).sum().backward()
+        except (RuntimeError, TypeError) as exc:
+            problem = str(exc).splitlines()[0]
+    if problem:
+        raise RecipeError(f"vote_dtype: {name} cannot run on {device}: {problem}. Use float32 (or auto).")
+    return dtype
+
+
 def _vote_engine(prepared: PreparedRun, model: torch.nn.Module, context: ProcessContext) -> VoteEngine:
     """The per-process vote engine (the one place that chooses among engines with the same contract)."""
     device = context.device if context.distributed else None
     if vote_engine_name(prepared.recipe, prepared.objective) == "batched":
-        return batched_vote_engine(model, prepared.objective, prepared.plan.transported,
+        return batched_vote_engine(model, prepared.objective, list(prepared.voted_shapes),
                                    micro_batch_size=prepared.recipe.vote_batch_size, device=device)
-    return reference_vote_engine(model, prepared.objective.loss, prepared.plan.transported, device=device)
+    return reference_vote_engine(model, prepared.objective.loss, list(prepared.voted_shapes), device=device)
 
 
 def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> VotesFile:
@@ -63,7 +94,8 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
     if prepared.samples is None:
         raise RecipeError("data: computing votes needs a data section.")
     context = process_context()
-    model = load_base_model(prepared.plan)
+    dtype = vote_dtype(prepared, vote_device(context))
+    model = load_base_model(prepared.plan, dtype)
     batched = vote_engine_name(prepared.recipe, prepared.objective) == "batched"
     votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
                                         prepared.voted_shapes, aggregation=aggregation(prepared.recipe),
@@ -79,6 +111,8 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         "params_fingerprint": params_fingerprint(prepared.voted_shapes), "library_version": __version__,
         "engine": vote_engine_name(prepared.recipe, prepared.objective),
         "data_selection": json.dumps({**(prepared.samples.selection or {}), "rows": prepared.samples.indices}),
+        "not_voted": json.dumps(prepared.not_voted),  # τ_A ≡ 0 there: no vote (not a tie), θ_B's tensor out
+        "vote_dtype": str(dtype).removeprefix("torch."),
     }
     return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
 
@@ -88,7 +122,8 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike], *, forc
     set and aggregation. ``force`` uses votes recorded for another target anyway (with a warning)."""
     votes = VotesFile.load(local_path(path, where="votes", error=VotesFileError))  # a file or an hf:// reference
     target = prepared.models[TARGET]
-    votes.check_target(prepared.voted_shapes, target=target.name, commit_hash=target.commit_hash, source=str(path))
+    votes.check_target(_expected_votes(votes, prepared), target=target.name, commit_hash=target.commit_hash,
+                       source=str(path))
     _check_target_fingerprint(votes, prepared, path, force)
     if votes.metadata["aggregation"] != aggregation(prepared.recipe):
         raise VotesFileError(f"{path}: votes were aggregated with {votes.metadata['aggregation']!r} but mask "
@@ -97,6 +132,19 @@ def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike], *, forc
         logger.warning("%s: votes were computed on other samples (fingerprint %s, recipe's data gives %s).",
                        path, votes.metadata["data_fingerprint"], prepared.samples.fingerprint)
     return votes
+
+
+def _expected_votes(votes: VotesFile, prepared: PreparedRun) -> dict[str, tuple[int, ...]]:
+    """The tensors a votes file must cover for this run: the voted ones. Where the run did not read the checkpoints'
+    values (a merge from votes files), the file's own ``not_voted`` list stands in for the unmoved tensors; the
+    merge then checks that τ_A is zero on each of them as it reads it."""
+    shapes = prepared.plan.layout.parameters
+    if prepared.plan.unmoved is None:
+        skipped = set(votes.not_voted)
+        return {n: shapes[n] for n in prepared.plan.transported if n not in skipped}
+    voted = prepared.voted_shapes
+    # a file that voted on more (an older one, or one shared by several sources) serves too: the extra votes are unused
+    return {**voted, **{n: shapes[n] for n in prepared.plan.transported if n in votes.votes and n not in voted}}
 
 
 def _check_target_fingerprint(votes: VotesFile, prepared: PreparedRun, path: Union[str, os.PathLike],
@@ -122,15 +170,16 @@ def _check_target_fingerprint(votes: VotesFile, prepared: PreparedRun, path: Uni
 
 
 def vote_key(prepared: PreparedRun) -> str:
-    """What a vote depends on: target (and revision), objective, aggregation, samples, voted tensors, and a
-    copied head (its loss depends on it). Tasks with the same key share one votes computation."""
+    """What a vote depends on: target (and revision), objective, aggregation, the vote's dtype, samples, voted
+    tensors, and a copied head (its loss depends on it). Tasks with the same key share one votes computation."""
     target = prepared.models[TARGET]
     head = None
     if prepared.plan.copied_from_finetune:
         source_ft = prepared.models[SOURCE_FT]
         head = [source_ft.name, source_ft.commit_hash, sorted(prepared.plan.copied_from_finetune)]
+    dtype = vote_dtype(prepared, vote_device(process_context()))
     parts = [target.name, target.commit_hash, prepared.plan.target_fingerprint, prepared.recipe.objective,
-             aggregation(prepared.recipe),
+             aggregation(prepared.recipe), *([] if dtype == torch.float32 else [str(dtype)]),
              prepared.samples.fingerprint if prepared.samples else None, params_fingerprint(prepared.voted_shapes),
              head, prepared.plan.layout.auto_class_name]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]

@@ -108,6 +108,7 @@ def _task_report(run: PreparedRun, votes: Optional[VotesFile], weight: float) ->
             "models": {role: m.describe() for role, m in run.models.items()},
             "votes": None if votes is None else {
                 "n_samples": votes.n_samples, "aggregation": votes.metadata["aggregation"],
+                "voted_tensors": len(votes.votes), "not_voted_tensors": len(votes.not_voted),
                 "data_fingerprint": votes.metadata["data_fingerprint"],
                 "data_source": votes.metadata.get("data_source"), "file": pinned_reference(run.task.votes),
                 "selection": json.loads(votes.metadata["data_selection"]) if "data_selection" in votes.metadata

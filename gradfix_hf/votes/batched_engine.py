@@ -230,6 +230,9 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
     pending: dict[str, list] = defaultdict(list)
 
     def on_factor(module, x, grad, options=None):
+        if rule_applies(module) and grad.dtype != torch.float32:  # a bf16/fp16 vote: the rules form per-sample
+            x = x.float() if x.is_floating_point() else x  # gradients from float32 copies of the layer's factors
+            grad = grad.float()
         for pname, name in owners[module]:
             if contributions.get(name, 0) == 0:
                 continue

@@ -144,3 +144,8 @@ def weight_names(base: Any, name: str) -> "WeightNames":
 
 def vote_key(votes, name: str, prefix: str, names: WeightNames) -> Optional[str]:
     return align_names(votes.votes, [name], prefix, {name: names.for_votes()}).get(name)  # type: ignore[arg-type]
+
+
+def not_voted_key(votes, name: str, prefix: str, names: WeightNames) -> Optional[str]:
+    """The name under which ``votes`` lists ``name`` as left out of the vote (τ_A ≡ 0 there), or None."""
+    return align_names(dict.fromkeys(votes.not_voted), [name], prefix, {name: names.for_votes()}).get(name)

@@ -14,7 +14,7 @@ import torch
 from ...errors import CompatibilityError, RecipeError, VotesFileError
 from ...methods import MergeMethod, TensorInputs
 from ...methods import registered_methods as gradfix_registry
-from .inputs import (Source, WeightNames, check_votes, load_votes, open_source, same_file, vote_key,
+from .inputs import (Source, WeightNames, check_votes, load_votes, not_voted_key, open_source, same_file, vote_key,
                      votes_aggregation)
 from .library import LOCK
 from .parameters import check_alpha, mergekit_name, validate_parameters
@@ -56,7 +56,8 @@ def merge_tensor(method: MergeMethod, name: str, base: torch.Tensor, finetuned: 
                                      f"{list(source.shape)} in source {reader.reference} ({key!r}).")
         # θ_A goes through the same dtype mergekit gave the other inputs (a no-op unless `dtype:` differs)
         taus.append(tensor.detach().to("cpu", torch.float32) - source.to(tensor.dtype).to(torch.float32))
-    kernel_name, signs, evidence, n_votes = _signs(method, name, params, votes, readers[0].prefix, names, base.shape)
+    kernel_name, signs, evidence, n_votes = _signs(method, name, params, votes, readers[0].prefix, names, base.shape,
+                                                   taus)
     inputs = TensorInputs(kernel_name, taus, signs, evidence, [float(w) for w in weights], None, n_votes=n_votes)
     delta = method.delta(inputs, params)
     target = base.detach().to("cpu", torch.float32)
@@ -64,7 +65,7 @@ def merge_tensor(method: MergeMethod, name: str, base: torch.Tensor, finetuned: 
 
 
 def _signs(method: MergeMethod, name: str, params: Mapping[str, Any], votes: Sequence[Optional[str]],
-           prefix: str, names: WeightNames, shape: torch.Size):
+           prefix: str, names: WeightNames, shape: torch.Size, taus: Sequence[torch.Tensor]):
     """The tensor name gradfix_hf uses (the votes' key, for seeded masks), and each task's ŝ and evidence."""
     source = method.sign_source(params)
     if source is None:
@@ -76,11 +77,18 @@ def _signs(method: MergeMethod, name: str, params: Mapping[str, Any], votes: Seq
         raise RecipeError(f"merge_method {mergekit_name(method.name)!r} votes once for every source: give every "
                           f"model the same votes file (got {sorted(set(votes))}).")
     signs, evidence, n_votes, kernel_name = [], [], [], name
-    for path in votes:
+    for path, tau in zip(votes, taus):
         with LOCK:
             loaded = load_votes(path)
         check_votes(loaded, path, votes_aggregation(params, method))
         key = vote_key(loaded, name, prefix, names)
+        skipped = None if key is not None else not_voted_key(loaded, name, prefix, names)
+        if skipped is not None:  # left out of the vote as unmoved (τ_A ≡ 0): any mask gives 0 there
+            loaded.check_not_voted(skipped, tau)
+            signs.append(torch.zeros(tuple(shape), dtype=torch.int8))
+            evidence.append(torch.zeros(tuple(shape), dtype=torch.bool))
+            n_votes.append(loaded.n_samples)
+            continue
         if key is None:
             close = difflib.get_close_matches(name, list(loaded.votes), n=2, cutoff=0.6)
             raise VotesFileError(f"{path}: no vote for tensor {name!r} (target {loaded.metadata['target']}"
