@@ -27,6 +27,14 @@ def processor() -> str:
     return platform.processor()
 
 
+def machine_facts() -> dict:
+    """The processor, core and thread counts and library versions a benchmark's figures belong to."""
+    import transformers
+
+    return {"processor": processor(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
 def source_fingerprint(package_dir: str, key: str) -> dict:
     """Which code was measured: git commit, whether gradfix_hf had changes, and a hash of ``package_dir``'s sources."""
     out: dict = {}

