@@ -49,8 +49,8 @@ def vote_device(context: ProcessContext) -> torch.device:
 
 def vote_dtype(prepared: PreparedRun, device: torch.device) -> torch.dtype:
     """θ_B's dtype during the vote: the recipe's ``vote_dtype``; ``auto`` is θ_B's stored float dtype on a GPU and
-    float32 on a CPU (where bfloat16 matmuls are slower than float32 ones). Checked on ``device`` now: a dtype it
-    cannot run is refused before any model is loaded."""
+    float32 on a CPU (whose bf16 speed varies by processor, and bf16 changes some votes). Checked on ``device`` now:
+    a dtype it cannot run is refused before any model is loaded."""
     name = prepared.recipe.vote_dtype
     if name == "auto":
         if device.type == "cpu":
