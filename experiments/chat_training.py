@@ -11,29 +11,20 @@ trained on exactly what the votes and the scores read.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gradfix_hf.objectives import render_row
+from gradfix_hf.quickstart.chat import padded_batch
+from training import done, finish  # experiments/: the cache markers of every trained model
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def done(folder: Path) -> Optional[dict]:
-    marker = folder / "training.json"
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def finish(folder: Path, record: dict) -> dict:
-    (folder / "training.json").write_text(json.dumps(record, indent=2))
-    return record
 
 
 def save_source(out: Path, gguf_dir: Path) -> dict:
@@ -58,17 +49,7 @@ def save_source(out: Path, gguf_dir: Path) -> dict:
 def _batches(rendered: list, batch_size: int, steps: int, seed: int, pad: int):
     rng = random.Random(seed)
     for _ in range(steps):
-        batch = rng.sample(rendered, min(batch_size, len(rendered)))
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad)
-        labels = torch.full((len(batch), width), -100)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            n = len(r.input_ids)
-            ids[i, :n] = torch.tensor(r.input_ids)
-            labels[i, :n] = torch.tensor([t if keep else -100 for t, keep in zip(r.input_ids, r.loss_mask)])
-            attention[i, :n] = 1
-        yield ids, attention, labels
+        yield padded_batch(rng.sample(rendered, min(batch_size, len(rendered))), pad)
 
 
 def _train(model, tokenizer, rows: Sequence[dict], fmt: str, *, steps: int, lr: float, seed: int, batch_size: int,

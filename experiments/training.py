@@ -19,12 +19,12 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 
-def _done(folder: Path) -> Optional[dict]:
+def done(folder: Path) -> Optional[dict]:
     marker = folder / "training.json"
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _finish(folder: Path, record: dict) -> dict:
+def finish(folder: Path, record: dict) -> dict:
     (folder / "training.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -45,7 +45,7 @@ def pretrain_mlm(out: Path, tokenizer_dir: Path, docs: Sequence[str], *, steps: 
     """Masked-LM training for ``steps`` steps (BERT's 15% / 80-10-10 masking, AdamW, linear decay), from ``init``
     (a BertModel folder; the MLM head starts fresh) or from a random ``config``. Saves the BertModel to ``out``.
     The loss is computed on the masked positions only (the vocabulary projection of the others is skipped)."""
-    if (record := _done(out)) is not None:
+    if (record := done(out)) is not None:
         return record
     torch.manual_seed(seed)
     random.seed(seed)
@@ -87,7 +87,7 @@ def pretrain_mlm(out: Path, tokenizer_dir: Path, docs: Sequence[str], *, steps: 
     base.save_pretrained(out)
     tokenizer.save_pretrained(out)
     tail = losses[-max(1, steps // 10):]
-    return _finish(out, {"kind": "mlm", "steps": steps, "batch_size": batch_size, "length": length, "lr": lr,
+    return finish(out, {"kind": "mlm", "steps": steps, "batch_size": batch_size, "length": length, "lr": lr,
                          "init": str(init) if init else "random", "blocks": len(data),
                          "first_loss": losses[0], "final_loss": sum(tail) / len(tail),
                          "seconds": time.perf_counter() - start})
@@ -97,7 +97,7 @@ def finetune_classifier(out: Path, base: Path, texts: Sequence[str], labels: Seq
                         *, epochs: float = 1.0, batch_size: int = 32, max_length: int = 64, lr: float = 1e-4,
                         seed: int = 0) -> dict:
     """Full fine-tuning of ``base`` with a new classification head (AdamW, linear decay) for ``epochs`` passes."""
-    if (record := _done(out)) is not None:
+    if (record := done(out)) is not None:
         return record
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -126,6 +126,6 @@ def finetune_classifier(out: Path, base: Path, texts: Sequence[str], labels: Seq
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     tail = losses[-max(1, steps // 10):]
-    return _finish(out, {"kind": "classification", "base": str(base), "steps": steps, "batch_size": batch_size,
+    return finish(out, {"kind": "classification", "base": str(base), "steps": steps, "batch_size": batch_size,
                          "max_length": max_length, "lr": lr, "final_loss": sum(tail) / len(tail),
                          "seconds": time.perf_counter() - start})

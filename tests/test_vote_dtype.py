@@ -3,13 +3,14 @@ where the counting needs it (the layer rules form per-sample gradients from floa
 factors; the votes are integers).
 
 A low-precision vote is not the float32 vote: its gradients are rounded. What must hold is that it votes the same
-sign where the float32 vote is unanimous (every sample's gradient agreed), that ``auto`` is float32 on a CPU (bitwise the
-float32 vote), and that the file and the votes cache keep the two apart.
+sign where the float32 vote is unanimous (every sample's gradient agreed), that ``auto`` is float32 on a CPU
+(bitwise the float32 vote), and that the file and the votes cache keep the two apart.
 """
 import pytest
 import torch
+import yaml
 
-from gradfix_hf import Recipe, RecipeError, compute_recipe_votes, prepare
+from gradfix_hf import Recipe, RecipeError, VotesFile, compute_recipe_votes, prepare
 from gradfix_hf.cli import main
 from gradfix_hf.transport import vote_key
 
@@ -69,9 +70,7 @@ def test_the_dtype_keeps_votes_apart_and_is_checked(chat, tmp_path, capsys):
     with pytest.raises(RecipeError, match="vote_dtype: 'int8' is not one of"):
         Recipe.from_dict(chat_recipe(chat, vote_dtype="int8"))
     recipe = tmp_path / "recipe.yaml"
-    import yaml
     recipe.write_text(yaml.safe_dump(chat_recipe(chat)))
     out = tmp_path / "votes.safetensors"
     assert main(["votes", str(recipe), "-o", str(out), "--vote-dtype", "bfloat16", "--no-progress"]) == 0
-    from gradfix_hf import VotesFile
     assert VotesFile.load(out).metadata["vote_dtype"] == "bfloat16"

@@ -135,6 +135,7 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
         plan.unmoved = unmoved_tensors(plan)
     return plan
 
+
 def unmoved_tensors(plan: TransportPlan) -> list[str]:
     """The transported tensors whose τ_A = θ_A^ft − θ_A is exactly zero (compared in the fp32 the merge uses)."""
     return [name for name in plan.transported

@@ -163,6 +163,20 @@ def _train_lora(paths: dict[str, Path], tokenizer, rows: Sequence[dict], seed: i
     tokenizer.save_pretrained(paths["source-lora"])
 
 
+def padded_batch(batch: Sequence, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, labels) of rendered rows, right-padded; labels are -100 off the loss tokens."""
+    width = max(len(r.input_ids) for r in batch)
+    ids = torch.full((len(batch), width), pad)
+    labels = torch.full((len(batch), width), -100)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, r in enumerate(batch):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor([t if keep else -100 for t, keep in zip(r.input_ids, r.loss_mask)])
+        attention[i, :n] = 1
+    return ids, attention, labels
+
+
 def train_causal_lm(model, tokenizer, rows: Sequence[dict], *, steps: int, lr: float, seed: int,
                     batch_size: int = 16) -> None:
     """Next-token training on rows of ``text`` (every token) or ``messages`` (the assistant's tokens)."""
@@ -173,16 +187,7 @@ def train_causal_lm(model, tokenizer, rows: Sequence[dict], *, steps: int, lr: f
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
-        batch = rng.sample(rendered, batch_size)
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            n = len(r.input_ids)
-            ids[i, :n] = torch.tensor(r.input_ids)
-            labels[i, :n] = torch.tensor([t if keep else -100 for t, keep in zip(r.input_ids, r.loss_mask)])
-            attention[i, :n] = 1
+        ids, attention, labels = padded_batch(rng.sample(rendered, batch_size), tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
