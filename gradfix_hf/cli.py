@@ -35,6 +35,9 @@ def _add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vote-batch-size", type=int, help="micro-batch size of the batched engine (default 16)")
     parser.add_argument("--vote-dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         help="θ_B's dtype during the vote (auto: its stored dtype on a GPU, float32 on a CPU)")
+    parser.add_argument("--vote-sharding", choices=("auto", "samples", "fsdp"), help="several processes: replicate "
+                        "θ_B (samples) or shard it with FSDP2 (fsdp; auto: under accelerate launch --use_fsdp)")
+    parser.add_argument("--vote-shard-size", type=int, help="processes per copy of θ_B (fsdp; default: a node)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +141,7 @@ def _load_recipe(args: argparse.Namespace):
     overrides: dict = {}
     if getattr(args, "allow_pickle", False):
         overrides["allow_pickle"] = True
-    for key in ("vote_engine", "vote_batch_size", "vote_dtype"):
+    for key in ("vote_engine", "vote_batch_size", "vote_dtype", "vote_sharding", "vote_shard_size"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     method = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))
@@ -245,18 +248,19 @@ def _cmd_votes(args: argparse.Namespace) -> int:
     if not chosen:
         raise GradFixError(f"--task {args.task!r}: no such task in {args.recipe} "
                            f"({', '.join(t.name for t in tasks)}).")
-    from .runtime import on_main_process, process_context, threads_for_model  # the model libraries: only now
-    from .transport import compute_recipe_votes, prepare
+    from .runtime import process_context, threads_for_model  # the model libraries: only now
+    from .transport import compute_recipe_votes, prepare, save_votes
 
     prepared = prepare(recipe, chosen[0])
     with threads_for_model(prepared.parameter_count):  # tiny models: one thread (gradfix_hf/runtime/threads.py)
         votes = compute_recipe_votes(prepared, progress=not args.no_progress)  # every process votes
     context = process_context()
-    on_main_process(context, lambda: votes.save(output, overwrite=args.overwrite))
+    written = save_votes(votes, output, context=context, overwrite=args.overwrite)
     if not context.is_main:
         return 0
     skipped = f" ({len(votes.not_voted)} more not voted: τ_A zero everywhere)" if votes.not_voted else ""
-    print(f"wrote {output}: N={votes.n_samples}, {len(votes.votes)} tensors{skipped}, "
+    shards = f" in {votes.shard.count} shards" if votes.shard else ""
+    print(f"wrote {written}{shards}: N={votes.n_samples}, {len(votes.votes)} tensors{skipped}, "
           f"aggregation={votes.metadata['aggregation']}, target={votes.metadata['target']}")
     return 0
 

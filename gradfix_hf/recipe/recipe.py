@@ -28,6 +28,9 @@ DEFAULT_METRICS = {"sft": ("nll", "perplexity")}
 VOTE_ENGINES = ("auto", "batched", "reference")
 #: θ_B's dtype during the vote: ``auto`` = θ_B's stored float dtype on a GPU, float32 on a CPU
 VOTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: how several processes share a vote: ``samples`` (θ_B replicated, samples split), ``fsdp`` (θ_B sharded with
+#: FSDP2, samples split too); ``auto`` = fsdp under ``accelerate launch --use_fsdp``, else samples
+VOTE_SHARDINGS = ("auto", "samples", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class Recipe:
     vote_engine: str = "auto"
     vote_batch_size: int = 16
     vote_dtype: str = "auto"
+    vote_sharding: str = "auto"
+    #: processes sharing one copy of θ_B in an FSDP2 vote (0: the processes of one node)
+    vote_shard_size: int = 0
 
     WHERE = ""  # top-level keys are named bare: trust_remote_code, vote_batch_size
 
@@ -75,6 +81,14 @@ class Recipe:
         check_choice(self.objective, OBJECTIVES, "objective")
         check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
         check_choice(self.vote_dtype, VOTE_DTYPES, "vote_dtype")
+        check_choice(self.vote_sharding, VOTE_SHARDINGS, "vote_sharding")
+        if isinstance(self.vote_shard_size, bool) or not isinstance(self.vote_shard_size, int) \
+                or self.vote_shard_size < 0:
+            raise RecipeError(f"vote_shard_size: must be a positive integer (or 0: the processes of one node), got "
+                              f"{self.vote_shard_size!r}.")
+        if self.vote_sharding == "fsdp" and (self.vote_engine == "reference" or self.objective == "callable"):
+            raise RecipeError("vote_sharding: 'fsdp' forms per-sample gradients with the batched engine; it cannot "
+                              "run the one-sample reference loop (vote_engine: reference, or a callable loss).")
         if self.vote_batch_size < 1:
             raise RecipeError(f"vote_batch_size: must be a positive integer, got {self.vote_batch_size!r}.")
         if self.vote_engine == "batched" and self.objective == "callable":

@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # what the names below are; imported on first use
     from .inputs import as_recipe, recipe_inputs, resolved_inputs
     from .output_folder import RECIPE_NAME, REPORT_NAME, atomic_folder, push_output_folder, read_report
     from .prepare import PreparedRun, prepare
-    from .recipe_votes import (compute_recipe_votes, load_votes_for, recipe_votes, vote_device, vote_dtype,
-                               vote_engine_name, vote_key)
+    from .recipe_votes import (compute_recipe_votes, load_votes_for, recipe_votes, save_votes, vote_device,
+                               vote_dtype, vote_engine_name, vote_key, vote_sharding)
     from .result import TransportResult
     from .run import run_recipe, transport
 
@@ -41,16 +41,16 @@ _MODULES = {
     ".inputs": ["as_recipe", "recipe_inputs", "resolved_inputs"],
     ".output_folder": ["RECIPE_NAME", "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report"],
     ".prepare": ["PreparedRun", "prepare"],
-    ".recipe_votes": ["compute_recipe_votes", "load_votes_for", "recipe_votes", "vote_device", "vote_dtype",
-                      "vote_engine_name", "vote_key"],
+    ".recipe_votes": ["compute_recipe_votes", "load_votes_for", "recipe_votes", "save_votes", "vote_device",
+                      "vote_dtype", "vote_sharding", "vote_engine_name", "vote_key"],
     ".result": ["TransportResult"],
     ".run": ["run_recipe", "transport"],
 }
 __getattr__, __dir__ = lazy_exports(__name__, {name: module for module, names in _MODULES.items() for name in names})
 
 __all__ = ["transport", "run_recipe", "as_recipe", "prepare", "PreparedRun", "compute_recipe_votes",
-           "load_votes_for", "recipe_votes", "vote_device", "vote_dtype", "vote_engine_name", "vote_key",
-           "TransportResult", "evaluation_metrics",
+           "load_votes_for", "recipe_votes", "save_votes", "vote_sharding", "vote_device", "vote_dtype",
+           "vote_engine_name", "vote_key", "TransportResult", "evaluation_metrics",
            "evaluate_methods", "comparison_jobs", "oracle_jobs", "score_jobs", "alpha_grid", "DEFAULT_ALPHAS",
            "candidate_jobs", "choose", "choice_table", "few_shot_baseline", "few_shot_finetune", "RECIPE_NAME",
            "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report", "check_votes_output", "recipe_inputs",

@@ -10,6 +10,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Optional, Union
 
@@ -19,11 +22,14 @@ from ..errors import RecipeError, VotesFileError
 from ..hub import local_path
 from ..objectives import Objective
 from ..plan import SOURCE_FT, TARGET, load_base_model
+from ..plan.sharded_model import load_sharded_base_model
 from ..recipe import Recipe
 from ..runtime import ProcessContext, on_main_process, process_context
-from ..storage import VotesFile, params_fingerprint
+from ..runtime.mesh import vote_mesh
+from ..storage import ShardInfo, VotesFile, index_path, params_fingerprint, save_sharded_votes
 from ..version import __version__
-from ..votes.distributed import VoteEngine, batched_vote_engine, distributed_votes, reference_vote_engine
+from ..votes.distributed import (VoteEngine, batched_vote_engine, distributed_votes, fsdp_votes,
+                                 reference_vote_engine)
 from .prepare import PreparedRun
 
 logger = logging.getLogger("gradfix_hf")
@@ -40,6 +46,17 @@ def vote_engine_name(recipe: Recipe, objective: Objective) -> str:
     if recipe.vote_engine != "auto":
         return recipe.vote_engine
     return "batched" if objective.supports_batching else "reference"
+
+
+def vote_sharding(recipe: Recipe, context: ProcessContext) -> str:
+    """How this launch's processes share the vote: ``fsdp`` (θ_B sharded by FSDP2) or ``samples`` (θ_B replicated).
+    ``auto`` follows the launcher: fsdp under ``accelerate launch --use_fsdp`` (``ACCELERATE_USE_FSDP``). One
+    process has nothing to share: samples."""
+    if not context.distributed:
+        return "samples"
+    if recipe.vote_sharding != "auto":
+        return recipe.vote_sharding
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "samples"
 
 
 def vote_device(context: ProcessContext) -> torch.device:
@@ -95,12 +112,25 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         raise RecipeError("data: computing votes needs a data section.")
     context = process_context()
     dtype = vote_dtype(prepared, vote_device(context))
-    model = load_base_model(prepared.plan, dtype)
     batched = vote_engine_name(prepared.recipe, prepared.objective) == "batched"
-    votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
-                                        prepared.voted_shapes, aggregation=aggregation(prepared.recipe),
-                                        progress=progress, context=context,
-                                        block=prepared.recipe.vote_batch_size if batched else 1)
+    shard = None
+    if vote_sharding(prepared.recipe, context) == "fsdp":
+        if not batched:
+            raise RecipeError("vote_sharding: 'fsdp' forms per-sample gradients with the batched engine, but this "
+                              "recipe votes with the one-sample reference loop (vote_engine).")
+        mesh = vote_mesh(context, prepared.recipe.vote_shard_size or None)
+        model = load_sharded_base_model(prepared.plan, mesh, dtype)
+        votes, evidence = fsdp_votes(model, prepared.objective, prepared.examples, list(prepared.voted_shapes),
+                                     mesh=mesh, aggregation=aggregation(prepared.recipe),
+                                     micro_batch_size=prepared.recipe.vote_batch_size, progress=progress)
+        shard = ShardInfo(mesh.shard_index, mesh.shard_size, dict(prepared.voted_shapes), writes=mesh.writes_shard)
+        del model
+    else:
+        model = load_base_model(prepared.plan, dtype)
+        votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
+                                            prepared.voted_shapes, aggregation=aggregation(prepared.recipe),
+                                            progress=progress, context=context,
+                                            block=prepared.recipe.vote_batch_size if batched else 1)
     target = prepared.models[TARGET]
     metadata = {
         "format": "gradfix-votes", "format_version": "1", "n_samples": str(len(prepared.examples)),
@@ -114,7 +144,33 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         "not_voted": json.dumps(prepared.not_voted),  # τ_A ≡ 0 there: no vote (not a tie), θ_B's tensor out
         "vote_dtype": str(dtype).removeprefix("torch."),
     }
-    return VotesFile(votes=votes, metadata=metadata, evidence=evidence)
+    return VotesFile(votes=votes, metadata=metadata, evidence=evidence, shard=shard)
+
+
+def save_votes(votes: VotesFile, path: Union[str, os.PathLike], *, context: Optional[ProcessContext] = None,
+               overwrite: bool = False) -> Path:
+    """Write what :func:`compute_recipe_votes` returned, on every process of a launch together: one votes file
+    (written by the main process), or a sharded one (each shard by a process that holds it; returns the index)."""
+    context = context or process_context()
+    if votes.shard is not None:
+        return save_sharded_votes(votes, path, context=context, overwrite=overwrite)
+    on_main_process(context, lambda: votes.save(path, overwrite=overwrite))
+    return Path(path)
+
+
+def _readable(votes: VotesFile, cached: Optional[Path], context: ProcessContext) -> VotesFile:
+    """Votes every process can merge with: a sharded vote's parts are written (to the cache, else to a temporary
+    folder removed when the votes are no longer used) and opened as one file, read tensor by tensor."""
+    if votes.shard is None:
+        return votes
+    folder = None
+    if cached is None:
+        folder = Path(context.broadcast_object(tempfile.mkdtemp(prefix="gradfix-votes-") if context.is_main else None))
+    written = save_votes(votes, cached or folder / "votes.safetensors", context=context)
+    opened = VotesFile.load(written)
+    if folder is not None and context.is_main:
+        weakref.finalize(opened, shutil.rmtree, folder, ignore_errors=True)
+    return opened
 
 
 def load_votes_for(prepared: PreparedRun, path: Union[str, os.PathLike], *, force: bool = False) -> VotesFile:
@@ -209,12 +265,16 @@ def recipe_votes(recipe: Recipe, prepared: list[PreparedRun], *, votes: Optional
             continue
         key = vote_key(run)
         cached = Path(recipe.votes_cache) / f"{key}.safetensors" if recipe.votes_cache else None
-        if key not in computed and cached is not None and cached.is_file():
+        if key not in computed and cached is not None and (cached.is_file() or index_path(cached).is_file()):
             computed[key] = load_votes_for(run, cached, force=force)
             logger.info("%s: votes from the cache %s", run.task.where, cached)
         if key not in computed:
-            computed[key] = compute_recipe_votes(run, progress=progress)
-            if cached is not None:
-                on_main_process(context, functools.partial(computed[key].save, cached))
+            votes_here = compute_recipe_votes(run, progress=progress)
+            if votes_here.shard is not None:
+                computed[key] = _readable(votes_here, cached, context)
+            else:
+                computed[key] = votes_here
+                if cached is not None:
+                    on_main_process(context, functools.partial(votes_here.save, cached))
         out.append(computed[key])
     return out

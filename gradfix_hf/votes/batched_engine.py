@@ -36,18 +36,21 @@ probe that classifies each hooked call, the forward recorder, the micro-batch lo
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError
+from ..errors import GradFixError, NonFiniteError
+from ..runtime.mesh import VoteMesh
 from .fold import VoteFold, voted_parameters
 from .per_sample_rules import add_embedding_rows, constant_options, per_sample, rule_applies
 from .reference_engine import fold_one_at_a_time
 from .relative_bias import RelativeBias, relative_bias_modules
 from .row_blocks import fold_in_row_blocks, low_rank_uses
+from .sharded_fold import ShardedVoteFold
 
 CHUNK_ELEMENTS = 1 << 20  # per-sample gradients materialised at once (at least one sample): ~4 MB of fp32;
 # with the fold's float and int8 sign buffers (~9 MB) it stays in cache while the fold re-reads it
@@ -98,17 +101,90 @@ class _Recorder:
 
 def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict], parameter_names: Sequence[str], *,
                           aggregation: str = "majority", micro_batch_size: int = 16, progress: bool = True,
-                          description: str = "votes", details: Optional[dict] = None) -> tuple[dict, dict]:
+                          description: str = "votes", details: Optional[dict] = None,
+                          sharded: Optional[Sharding] = None) -> tuple[dict, dict]:
     """Same contract as :func:`~gradfix_hf.votes.reference_engine.compute_votes`, from batched passes.
 
     ``objective`` provides ``collate(examples)``, ``batch_losses(model, batch) -> [B]`` and ``loss(model, ex)``.
     ``details``, if given, is filled with how each parameter was handled: ``rule`` (a layer rule),
     ``functional`` (torch.func on its module), ``broadcast`` (a [1, T] lookup expanded per sample) and
     ``exact_fallback`` (the one-sample loop).
+
+    ``sharded``: a vote of an FSDP2-sharded ``model`` (:class:`Sharding`): ``examples`` are this process's, and the
+    result is this process's rows of every tensor, summed over every process's samples.
     """
     params = voted_parameters(model, parameter_names, aggregation)
-    wanted = {id(p): n for n, p in params.items()}
+    if sharded is not None:
+        return _sharded_votes(model, objective, examples, params, aggregation, micro_batch_size, progress,
+                              description, sharded)
+    fold = VoteFold(params, len(examples), aggregation)
+    owners, tables = _owners(model, params)
+    relative = RelativeBias(tables, fold)
+    recorder = _Recorder(owners)
+    try:
+        classes, fallback = _probe(model, objective, examples, recorder, owners)
+        recorder.classes = classes
+        if details is not None:
+            details.update(_describe(classes, owners, fallback))
+            details["relative_bias"] = sorted(name for _, name in tables.values())
+        relative.active = True
+        _run_batched(model, objective, _micro_batches(examples, micro_batch_size), recorder, owners, fold,
+                     _contributions(classes, owners, fallback), progress, description, relative)
+    finally:
+        recorder.close()
+        relative.close()
+    if fallback:
+        _exact_fallback(model, objective, examples, [params[n] for n in fallback], fallback, fold, progress)
+    return fold.result()
 
+
+def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_size, progress, description,
+                   sharded: Sharding) -> tuple[dict, dict]:
+    """The batched vote of an FSDP2-sharded model: every process runs ``sharded.steps`` micro-batches (padding
+    ones, whose counts are discarded, once its own samples are done), so all take part in every collective."""
+    fold = ShardedVoteFold(params, sharded.n_samples, aggregation, sharded.mesh)
+    owners, tables = _owners(model, params)
+    relative = RelativeBias(tables, fold)
+    recorder = _Recorder(owners)
+    try:  # the probe runs the padding micro-batch, the same on every process: every process classifies alike
+        classes, fallback = _probe(model, objective, sharded.padding, recorder, owners)
+        if fallback:
+            raise GradFixError(f"a sharded vote forms every per-sample gradient from batched rules, but {fallback[:3]} "
+                               f"{'need' if len(fallback) > 1 else 'needs'} the exact one-sample loop: vote without "
+                               "sharding (vote_sharding: samples).")
+        recorder.classes = classes
+        relative.active = True
+        batches = _micro_batches(examples, micro_batch_size)
+        if len(batches) > sharded.steps:
+            raise ValueError(f"internal: {len(batches)} micro-batches for {sharded.steps} steps")
+        batches += [(list(sharded.padding), True)] * (sharded.steps - len(batches))
+        _run_batched(model, objective, batches, recorder, owners, fold, _contributions(classes, owners, []),
+                     progress, description, relative)
+    finally:
+        recorder.close()
+        relative.close()
+    return fold.result()
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a process takes part in a sharded vote: the mesh, the total number of samples (for the vote's integer
+    type), how many micro-batches every process runs, and the padding micro-batch (the same on every process)."""
+
+    mesh: VoteMesh
+    n_samples: int
+    steps: int
+    padding: Sequence[dict]
+
+
+def _micro_batches(examples, size: int) -> list[tuple[list, bool]]:
+    """(micro-batch, is padding) pairs of consecutive examples."""
+    return [(list(examples[start:start + size]), False) for start in range(0, len(examples), size)]
+
+
+def _owners(model: nn.Module, params: dict) -> tuple[dict, dict]:
+    """Which hooked module owns which voted parameter, and the relative-position bias tables among them."""
+    wanted = {id(p): n for n, p in params.items()}
     bias_tables = relative_bias_modules(model)
     owners: dict[nn.Module, list[tuple[str, str]]] = defaultdict(list)
     tables: dict[nn.Module, tuple[nn.Module, str]] = {}
@@ -120,30 +196,18 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
                     tables[module] = (bias_tables[module], wanted[id(p)])
                 else:
                     owners[module].append((pname, wanted[id(p)]))
-    fold = VoteFold(params, len(examples), aggregation)
-    relative = RelativeBias(tables, fold)
-    recorder = _Recorder(owners)
-    try:
-        classes, fallback = _probe(model, objective, examples, recorder, owners)
-        recorder.classes = classes
-        contributions = defaultdict(int)
-        for (mid, _), kind in classes.items():
-            if kind != "unsupported":
-                for _, name in owners[_module_by_id(owners, mid)]:
-                    if name not in fallback:
-                        contributions[name] += 1
-        if details is not None:
-            details.update(_describe(classes, owners, fallback))
-            details["relative_bias"] = sorted(name for _, name in tables.values())
-        relative.active = True
-        _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size,
-                     progress, description, relative)
-    finally:
-        recorder.close()
-        relative.close()
-    if fallback:
-        _exact_fallback(model, objective, examples, [params[n] for n in fallback], fallback, fold, progress)
-    return fold.result()
+    return owners, tables
+
+
+def _contributions(classes, owners, fallback) -> dict[str, int]:
+    """How many hooked calls contribute to each parameter's gradient in one micro-batch."""
+    contributions = defaultdict(int)
+    for (mid, _), kind in classes.items():
+        if kind != "unsupported":
+            for _, name in owners[_module_by_id(owners, mid)]:
+                if name not in fallback:
+                    contributions[name] += 1
+    return contributions
 
 
 def _describe(classes, owners, fallback) -> dict:
@@ -225,8 +289,8 @@ def _shared_parameter_ids(model: nn.Module) -> set[int]:
     return shared
 
 
-def _run_batched(model, objective, examples, recorder, owners, fold, contributions, micro_batch_size, progress,
-                 description, relative=None):
+def _run_batched(model, objective, batches, recorder, owners, fold, contributions, progress, description,
+                 relative=None):
     pending: dict[str, list] = defaultdict(list)
 
     def on_factor(module, x, grad, options=None):
@@ -243,25 +307,36 @@ def _run_batched(model, objective, examples, recorder, owners, fold, contributio
                     _fold_factors(name, pending.pop(name), fold)
                 finally:
                     recorder.enabled = True
+                fold.flush(name)
 
     recorder.on_factor = on_factor
     recorder.mode = "run"
-    bar = tqdm(total=len(examples), desc=description, disable=not progress, unit="sample")
-    for start in range(0, len(examples), micro_batch_size):
-        chunk = list(examples[start:start + micro_batch_size])
+    bar = tqdm(total=sum(len(c) for c, padding in batches if not padding), desc=description, disable=not progress,
+               unit="sample")
+    start = 0
+    for chunk, padding in batches:
         recorder.calls.clear()
         recorder.batch = len(chunk)
+        fold.discard = padding
         if relative is not None:
             relative.batch = len(chunk)
         losses = objective.batch_losses(model, _on_device(objective.collate(chunk), _device(model)))
-        if not torch.isfinite(losses).all():
+        failure = None
+        if not padding and not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).nonzero()[0]) + start
-            raise NonFiniteError(f"sample {bad}: the loss on the target is NaN/inf.")
+            failure = f"sample {bad}: the loss on the target is NaN/inf."
+        failure = fold.shared_failure(failure)
+        if failure:
+            raise NonFiniteError(failure)
         if losses.requires_grad:
             losses.sum().backward()
         if pending:
             raise RuntimeError(f"internal: gradients of {sorted(pending)[:3]} did not all arrive")
-        bar.update(len(chunk))
+        fold.end_batch()
+        if not padding:
+            start += len(chunk)
+            bar.update(len(chunk))
+    fold.discard = False
     bar.close()
 
 

@@ -44,8 +44,9 @@ import torch
 
 from ..errors import GradFixError
 from ..runtime import ProcessContext, process_context, shard_indices
+from ..runtime.mesh import VoteMesh
 from ..storage import vote_dtype
-from .batched_engine import compute_votes_batched
+from .batched_engine import Sharding, compute_votes_batched
 from .fold import AGGREGATIONS
 from .reference_engine import compute_votes
 
@@ -203,3 +204,27 @@ def distributed_votes(engine: VoteEngine, examples: Sequence[Any], shapes: dict[
     _share_errors(context, error)
     return reduce_votes(votes, evidence, n_samples=len(examples), aggregation=aggregation, context=context,
                         names=list(shapes))
+
+def fsdp_votes(model: torch.nn.Module, objective: Any, examples: Sequence[Any], parameter_names: Sequence[str], *,
+               mesh: VoteMesh, aggregation: str = "majority", micro_batch_size: int = 16,
+               progress: bool = True) -> tuple[dict, dict]:
+    """This process's rows of the votes of all ``examples``, with ``model`` sharded by FSDP2 over ``mesh``.
+
+    Every process takes whole micro-batches of the samples (as :func:`distributed_votes`, so each micro-batch is
+    padded alike whatever the number of processes) and the counts are summed over every process
+    (:mod:`.sharded_fold`): majority votes are bitwise those of one process, mean votes exact up to float
+    summation order. Returns ``(votes, partial evidence)`` of this process's shard of rows of every tensor.
+    """
+    n, world = len(examples), mesh.world
+    shard = shard_in_blocks(n, mesh.rank, world, micro_batch_size)
+    steps = -(-len(shard_in_blocks(n, 0, world, micro_batch_size)) // micro_batch_size)  # process 0 has the most
+    sharding = Sharding(mesh=mesh, n_samples=n, steps=steps, padding=list(examples[:micro_batch_size]))
+    try:
+        return compute_votes_batched(model, objective, [examples[i] for i in shard], parameter_names,
+                                     aggregation=aggregation, micro_batch_size=micro_batch_size,
+                                     progress=progress and mesh.rank == 0, sharded=sharding)
+    except GradFixError as exc:
+        if len(shard) and str(exc).startswith("sample "):
+            raise type(exc)(f"process {mesh.rank} of {world}, samples {shard.start}–{shard.stop - 1} of {n} "
+                            f"('sample i' below is sample {shard.start}+i): {exc}") from None
+        raise

@@ -5,7 +5,7 @@ Shared by the reference engine (one sample at a time) and the batched engine (a 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -104,6 +104,17 @@ class VoteFold:
             self.sign_sums = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
             self.voters = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
         self.scratch = Scratch()
+
+    def flush(self, name: str) -> None:
+        """Called when ``name``'s gradients of a micro-batch are all folded (a sharded fold reduces them here)."""
+
+    def end_batch(self) -> None:
+        """Called after each micro-batch's backward."""
+
+    def shared_failure(self, message: Optional[str]) -> Optional[str]:
+        """The first failure any process of the vote met in this micro-batch (a sharded fold asks them all, so
+        that all raise together instead of some waiting in a collective); one process: its own."""
+        return message
 
     def dense(self, name: str, per_sample: torch.Tensor, where: str = "") -> None:
         """``per_sample`` is [c, *shape]: c samples' gradients of parameter ``name``.

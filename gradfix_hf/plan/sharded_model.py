@@ -1,0 +1,52 @@
+"""θ_B as the task model, sharded with PyTorch FSDP2 (``fully_shard``): each process reads and keeps its rows only.
+
+Why: a vote of a model larger than one device. The model is built without weights (parameters on the meta
+device; buffers such as RoPE's ``inv_freq`` computed as usual), each of its blocks (the classes a Hugging Face
+model names in ``_no_split_modules``, as Accelerate's transformer auto-wrap does) and then the whole model are
+given to ``fully_shard``, and every parameter's local shard is filled from θ_B's checkpoint one tensor at a time:
+no process ever holds all of θ_B. The values are bitwise those :func:`~gradfix_hf.plan.base_model.load_base_model`
+loads, so the vote's forward and backward see the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..runtime.mesh import VoteMesh
+from .roles import SOURCE_FT, TARGET
+from .transport_plan import TransportPlan
+
+
+def block_classes(model: torch.nn.Module) -> set[str]:
+    """The class names of the model's blocks, each of which becomes one FSDP2 unit (all-gathered as a whole)."""
+    return set(getattr(model, "_no_split_modules", None) or [])
+
+
+def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """θ_B in ``dtype``, sharded over ``mesh`` (collective: every process of the mesh calls it)."""
+    from accelerate import init_empty_weights
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers computed at init, for real
+        model = plan.layout.model_class.from_config(plan.layout.config, dtype=dtype)
+    if dtype == torch.float32:
+        model.float()
+    model.tie_weights()
+    blocks = block_classes(model)
+    for module in list(model.modules())[1:]:
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh.device_mesh)
+    fully_shard(model, mesh=mesh.device_mesh)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.to_empty(device=mesh.device)  # this process's shards, uninitialised, and the buffers' storage
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            value = plan.raw_tensor(TARGET, name) if name in plan.layout.buffers else buffers[name]
+            buffer.copy_(value)
+        for name, param in model.named_parameters():
+            role = SOURCE_FT if name in plan.copied_from_finetune else TARGET
+            full = plan.raw_tensor(role, name).to(device=mesh.device, dtype=dtype)
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(local.to_local())
+            del full, local
+    return model.eval()
