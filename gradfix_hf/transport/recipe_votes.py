@@ -119,6 +119,9 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
             raise RecipeError("vote_sharding: 'fsdp' forms per-sample gradients with the batched engine, but this "
                               "recipe votes with the one-sample reference loop (vote_engine).")
         mesh = vote_mesh(context, prepared.recipe.vote_shard_size or None)
+        if context.is_main:
+            logger.info("votes: θ_B sharded by FSDP2 over %d processes (%d shards × %d replica%s)", mesh.world,
+                        mesh.shard_size, mesh.replicas, "s" if mesh.replicas > 1 else "")
         model = load_sharded_base_model(prepared.plan, mesh, dtype)
         votes, evidence = fsdp_votes(model, prepared.objective, prepared.examples, list(prepared.voted_shapes),
                                      mesh=mesh, aggregation=aggregation(prepared.recipe),

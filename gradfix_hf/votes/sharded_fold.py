@@ -97,7 +97,7 @@ class ShardedVoteFold(VoteFold):
             full = torch.zeros_like(full, dtype=total.dtype) if self.discard else full.to(total.dtype)
             mine = full.new_empty((full.shape[0] // self.mesh.shard_size, *full.shape[1:]))
             if self.mesh.shard_group is not None:
-                torch.distributed.reduce_scatter_tensor(mine, full.contiguous(), group=self.mesh.shard_group)
+                torch.distributed.reduce_scatter_single(mine, full.contiguous(), group=self.mesh.shard_group)
             else:
                 mine.copy_(full)
             if self.mesh.replicas > 1:
