@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..runtime.mesh import VoteMesh
+from ..storage import shard_rows
 from .roles import SOURCE_FT, TARGET
 from .transport_plan import TransportPlan
 
@@ -25,7 +26,7 @@ def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dt
     """θ_B in ``dtype``, sharded over ``mesh`` (collective: every process of the mesh calls it)."""
     from accelerate import init_empty_weights
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import Shard
 
     with init_empty_weights(include_buffers=False):  # parameters on meta; buffers computed at init, for real
         model = plan.layout.model_class.from_config(plan.layout.config, dtype=dtype)
@@ -45,8 +46,12 @@ def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dt
             buffer.copy_(value)
         for name, param in model.named_parameters():
             role = SOURCE_FT if name in plan.copied_from_finetune else TARGET
-            full = plan.raw_tensor(role, name).to(device=mesh.device, dtype=dtype)
-            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-            param.to_local().copy_(local.to_local())
-            del full, local
+            stored = plan.raw_tensor(role, name)  # a memory map: only the rows read below are touched
+            rows = shard_rows(stored.shape[0], mesh.shard_size, mesh.shard_index)
+            local = param.to_local()
+            if param.placements[-1] != Shard(0) or tuple(local.shape) != (len(rows), *stored.shape[1:]):
+                raise RuntimeError(f"internal: FSDP2 placed {name!r} as {param.placements} {list(local.shape)}, "
+                                   f"not rows {rows.start}–{rows.stop} of {list(stored.shape)}")
+            local.copy_(stored[rows.start:rows.stop].to(device=mesh.device, dtype=dtype))
+            del stored
     return model.eval()

@@ -66,10 +66,10 @@ class ShardedVoteFold(VoteFold):
         self.shard_rows = {n: shard_rows(s[0], mesh.shard_size, mesh.shard_index) for n, s in self.shapes.items()}
         if self.mean:
             self.sums, self.evidence = _PerBatchCounters(self, torch.float32), _PerBatchCounters(self, torch.bool)
-            kinds = (torch.float64, torch.int32)
-        else:
+            kinds = (torch.float32, torch.int32)
+        else:  # a step's counts summed over every process never exceed N: vote_dtype(N) holds them, and the totals
             self.sign_sums, self.voters = _PerBatchCounters(self, self.dtype), _PerBatchCounters(self, self.dtype)
-            kinds = (torch.int32, torch.int32)
+            kinds = (self.dtype, self.dtype)
         self.totals = {n: tuple(torch.zeros((len(self.shard_rows[n]), *s[1:]), dtype=k, device=self.device)
                                 for k in kinds) for n, s in self.shapes.items()}
         self.discard = False  # a padding micro-batch: its counts are not added (its collectives still run)
