@@ -22,6 +22,20 @@ def block_classes(model: torch.nn.Module) -> set[str]:
     return set(getattr(model, "_no_split_modules", None) or [])
 
 
+def units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules given to ``fully_shard`` before the whole model: its blocks, and its input and output embeddings
+    when they are not tied. The root's own weights stay gathered from its forward to the end of its backward, so
+    a large vocabulary's embedding and LM head (0.4 GB on a 1.2 B Llama in bf16) are their own units instead."""
+    blocks = block_classes(model)
+    out = [module for module in list(model.modules())[1:] if type(module).__name__ in blocks]
+    embeddings = [model.get_input_embeddings(), model.get_output_embeddings()]
+    weights = [getattr(e, "weight", None) for e in embeddings]
+    if all(e is not None for e in embeddings) and weights[0] is not weights[1]:
+        inside = {id(p) for unit in out for p in unit.parameters()}
+        out += [e for e in embeddings if id(e.weight) not in inside]
+    return out
+
+
 def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """θ_B in ``dtype``, sharded over ``mesh`` (collective: every process of the mesh calls it)."""
     from accelerate import init_empty_weights
@@ -33,10 +47,8 @@ def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dt
     if dtype == torch.float32:
         model.float()
     model.tie_weights()
-    blocks = block_classes(model)
-    for module in list(model.modules())[1:]:
-        if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh.device_mesh)
+    for module in units(model):
+        fully_shard(module, mesh=mesh.device_mesh)
     fully_shard(model, mesh=mesh.device_mesh)
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.to_empty(device=mesh.device)  # this process's shards, uninitialised, and the buffers' storage

@@ -26,6 +26,7 @@ _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the reusable heap
 _TRIM_THRESHOLD = 1 << 31
+_RETURN_THRESHOLD = 1 << 20  # return_freed_memory: blocks from 1 MiB up are mapped and unmapped on their own
 _done = False
 
 
@@ -41,6 +42,26 @@ def reuse_freed_memory() -> bool:
         return True
     if os.environ.get("GRADFIX_REUSE_FREED_MEMORY") == "0":
         return False
+    _done = _set_thresholds(_MMAP_THRESHOLD, _TRIM_THRESHOLD, "keep freed blocks for reuse")
+    return _done
+
+
+def return_freed_memory() -> bool:
+    """Serve every block from 1 MiB up with its own ``mmap``, returned to the system when freed (glibc).
+
+    Why: a sharded (FSDP2) vote on CPUs gathers each block's weights for its forward and backward and frees them
+    after. glibc's default moves its mmap threshold up to the size of the blocks freed (up to 32 MiB), so those
+    weights come from the heap, and the heap keeps what they leave: measured on a 1.2 B-parameter Llama, a process
+    holding half the model grew by the whole model's size in one forward. A fixed threshold keeps the process's
+    memory what it uses, at the price of zero-filling fresh pages for each such block. Not applied when the user
+    asked glibc to keep freed blocks (``GRADFIX_REUSE_FREED_MEMORY=1``). True when the setting took effect.
+    """
+    if _done or os.environ.get("GRADFIX_REUSE_FREED_MEMORY") == "1":
+        return False
+    return _set_thresholds(_RETURN_THRESHOLD, _RETURN_THRESHOLD, "return freed blocks of 1 MiB and more")
+
+
+def _set_thresholds(mmap_threshold: int, trim_threshold: int, what: str) -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt, version = libc.mallopt, libc.gnu_get_libc_version  # AttributeError outside glibc
@@ -49,6 +70,6 @@ def reuse_freed_memory() -> bool:
     version.restype = ctypes.c_char_p
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    _done = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    logger.debug("glibc %s: keep freed blocks for reuse: %s", version().decode(), _done)
-    return _done
+    done = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    logger.debug("glibc %s: %s: %s", version().decode(), what, done)
+    return done

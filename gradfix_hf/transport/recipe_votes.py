@@ -25,6 +25,7 @@ from ..plan import SOURCE_FT, TARGET, load_base_model
 from ..plan.sharded_model import load_sharded_base_model
 from ..recipe import Recipe
 from ..runtime import ProcessContext, on_main_process, process_context
+from ..runtime.allocator import return_freed_memory
 from ..runtime.mesh import vote_mesh
 from ..storage import ShardInfo, VotesFile, index_path, params_fingerprint, save_sharded_votes
 from ..version import __version__
@@ -119,6 +120,8 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
             raise RecipeError("vote_sharding: 'fsdp' forms per-sample gradients with the batched engine, but this "
                               "recipe votes with the one-sample reference loop (vote_engine).")
         mesh = vote_mesh(context, prepared.recipe.vote_shard_size or None)
+        if mesh.device.type == "cpu":
+            return_freed_memory()  # the gathered blocks' memory goes back, or the shards save none (allocator.py)
         if context.is_main:
             logger.info("votes: θ_B sharded by FSDP2 over %d processes (%d shards × %d replica%s)", mesh.world,
                         mesh.shard_size, mesh.replicas, "s" if mesh.replicas > 1 else "")
