@@ -95,6 +95,10 @@ class VotesFile:
             metadata, votes, evidence = read_sharded_votes(index)
         else:
             metadata, votes, evidence = read_votes_file(Path(path))
+            if "shard_count" in metadata:
+                raise VotesFileError(f"{path}: is shard {int(metadata.get('shard_index', 0)) + 1} of "
+                                     f"{metadata['shard_count']} of a sharded votes file (its rows only): read the "
+                                     "file's index (….safetensors.index.json) instead.")
         return cls(votes=votes, metadata=metadata, evidence=evidence)
 
     def check_target(self, shapes: dict[str, tuple[int, ...]], *, target: str, commit_hash: Optional[str],
