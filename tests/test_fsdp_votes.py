@@ -211,3 +211,36 @@ def test_cli_run_under_accelerate_fsdp2_writes_the_folder_of_one_process(recipes
     assert len(cache) == 3 and cache[-1].endswith(".safetensors.index.json"), cache
     assert (tmp_path / "two" / "model.safetensors").read_bytes() == (tmp_path / "one" / "model.safetensors"
                                                                      ).read_bytes()
+
+
+def test_a_nan_on_one_process_stops_every_process_with_its_error(recipes, tmp_path):
+    """The last process's second micro-batch has NaN losses: it is shared before the backward, so every process
+    raises (none waits in a collective) and nothing is written."""
+    import subprocess
+
+    cmd = [*LAUNCH, "--num_processes", "2", "--main_process_port", str(_free_port()), str(WORKER), str(tmp_path),
+           "fsdp", "--nan-at", "3", recipes["bert"]]  # call 1 is the probe's, 2 and 3 its micro-batches
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("NonFiniteError") >= 2, done.stderr[-3000:]  # raised by both processes
+    # samples 4 and 5 are the last process's second micro-batch; both processes name sample 4 by its global index
+    assert done.stderr.count("process 1 of 2: sample 4: the loss on the target is NaN/inf.") >= 2, done.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_without_a_votes_cache_removes_its_temporary_shards(recipes, single, tmp_path):
+    """``run_recipe`` under FSDP2 with no votes cache: the shards go to a temporary folder, removed after the
+    merge; the merged model is the one-process one."""
+    import subprocess
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    cmd = [*LAUNCH, "--num_processes", "2", "--main_process_port", str(_free_port()), str(WORKER),
+           str(tmp_path / "out"), "fsdp", "--run", recipes["gpt2"]]
+    done = subprocess.run(cmd, env={**_env(), "TMPDIR": str(temporary)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("gradfix")] == []  # (torchrun keeps its own)
+    with one_thread():
+        run_recipe(Recipe.from_yaml(recipes["gpt2"]), tmp_path / "one", votes=single["gpt2"], progress=False)
+    assert (tmp_path / "out" / "gpt2" / "model.safetensors").read_bytes() == (tmp_path / "one" / "model.safetensors"
+                                                                              ).read_bytes()

@@ -159,7 +159,7 @@ def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_
             raise ValueError(f"internal: {len(batches)} micro-batches for {sharded.steps} steps")
         batches += [(list(sharded.padding), True)] * (sharded.steps - len(batches))
         _run_batched(model, objective, batches, recorder, owners, fold, _contributions(classes, owners, []),
-                     progress, description, relative)
+                     progress, description, relative, first=sharded.first)
     finally:
         recorder.close()
         relative.close()
@@ -169,12 +169,14 @@ def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_
 @dataclass(frozen=True)
 class Sharding:
     """How a process takes part in a sharded vote: the mesh, the total number of samples (for the vote's integer
-    type), how many micro-batches every process runs, and the padding micro-batch (the same on every process)."""
+    type), how many micro-batches every process runs, the padding micro-batch (the same on every process), and
+    where its samples start."""
 
     mesh: VoteMesh
     n_samples: int
     steps: int
     padding: Sequence[dict]
+    first: int = 0  # the index of this process's first sample among all (errors name samples by it)
 
 
 def _micro_batches(examples, size: int) -> list[tuple[list, bool]]:
@@ -290,7 +292,7 @@ def _shared_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def _run_batched(model, objective, batches, recorder, owners, fold, contributions, progress, description,
-                 relative=None):
+                 relative=None, first: int = 0):
     pending: dict[str, list] = defaultdict(list)
 
     def on_factor(module, x, grad, options=None):
@@ -313,7 +315,7 @@ def _run_batched(model, objective, batches, recorder, owners, fold, contribution
     recorder.mode = "run"
     bar = tqdm(total=sum(len(c) for c, padding in batches if not padding), desc=description, disable=not progress,
                unit="sample")
-    start = 0
+    start = first
     for chunk, padding in batches:
         recorder.calls.clear()
         recorder.batch = len(chunk)

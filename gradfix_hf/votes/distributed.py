@@ -218,13 +218,8 @@ def fsdp_votes(model: torch.nn.Module, objective: Any, examples: Sequence[Any], 
     n, world = len(examples), mesh.world
     shard = shard_in_blocks(n, mesh.rank, world, micro_batch_size)
     steps = -(-len(shard_in_blocks(n, 0, world, micro_batch_size)) // micro_batch_size)  # process 0 has the most
-    sharding = Sharding(mesh=mesh, n_samples=n, steps=steps, padding=list(examples[:micro_batch_size]))
-    try:
-        return compute_votes_batched(model, objective, [examples[i] for i in shard], parameter_names,
-                                     aggregation=aggregation, micro_batch_size=micro_batch_size,
-                                     progress=progress and mesh.rank == 0, sharded=sharding)
-    except GradFixError as exc:
-        if len(shard) and str(exc).startswith("sample "):
-            raise type(exc)(f"process {mesh.rank} of {world}, samples {shard.start}–{shard.stop - 1} of {n} "
-                            f"('sample i' below is sample {shard.start}+i): {exc}") from None
-        raise
+    sharding = Sharding(mesh=mesh, n_samples=n, steps=steps, padding=list(examples[:micro_batch_size]),
+                        first=shard.start)  # errors name samples by their index among all of them
+    return compute_votes_batched(model, objective, [examples[i] for i in shard], parameter_names,
+                                 aggregation=aggregation, micro_batch_size=micro_batch_size,
+                                 progress=progress and mesh.rank == 0, sharded=sharding)

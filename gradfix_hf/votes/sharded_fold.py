@@ -114,7 +114,7 @@ class ShardedVoteFold(VoteFold):
         messages = [None] * self.mesh.world
         torch.distributed.all_gather_object(messages, message)
         rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
-        return first if message is not None else f"process {rank} of {self.mesh.world}: {first}"
+        return f"process {rank} of {self.mesh.world}: {first}"
 
     def end_batch(self) -> None:
         """Flush every tensor not flushed during this micro-batch (name order: the same on every process)."""
