@@ -17,7 +17,9 @@ Measured for each model, each in a fresh process (or launch), through the librar
   micro-batches into ``.grad`` (what one fine-tuning step costs);
 * ``votes`` — one process, θ_B whole (``vote_sharding: samples``);
 * ``fsdp2`` — 2 processes (``accelerate launch``, gloo on CPU), θ_B sharded by FSDP2 (``vote_sharding: fsdp``),
-  peak of the larger process; the ratio to ``votes`` is the goal of issue 19 (≤ 0.6×).
+  peak of the larger process; the ratio to ``votes`` is the goal of issue 19 (≤ 0.6×);
+* ``votes_ckpt``, ``fsdp2_ckpt`` — the same with ``vote_gradient_checkpointing: true`` (each block recomputed in
+  the backward).
 
 Peaks are RSS (the kernel's high-water mark after a reset, bench/machine.py): ``peak_rss_mb`` is the process's,
 ``peak_over_baseline_mb`` what the vote added to the prepared run (Python, torch and the tokenizer are about 0.5
@@ -50,6 +52,8 @@ MODELS = {
     "smollm2": {"rows": 16, "max_length": 256, "micro_batch_size": 4, "dtype": "float32"},
     "llama1b": {"rows": 4, "max_length": 128, "micro_batch_size": 2, "dtype": "bfloat16"},
 }
+#: plain fwd+bwd, one process, 2 processes with FSDP2; and the last two with activation checkpointing
+MODES = ("plain", "votes", "fsdp2", "votes_ckpt", "fsdp2_ckpt")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
                  tie_word_embeddings=False)
@@ -106,7 +110,8 @@ def child(mode: str, recipe_path: Path, out: Path) -> None:
     from gradfix_hf.runtime import close_process_group, process_context
     from gradfix_hf.transport import vote_dtype
 
-    recipe = Recipe.from_yaml(recipe_path).replace(vote_sharding="fsdp" if mode == "fsdp2" else "samples")
+    recipe = Recipe.from_yaml(recipe_path).replace(vote_sharding="fsdp" if mode.startswith("fsdp2") else "samples",
+                                                   vote_gradient_checkpointing=mode.endswith("_ckpt"))
     context = process_context()
     prepared = prepare(recipe)
     tokens = sum(int(e["input_ids"].shape[1]) for e in prepared.examples)
@@ -137,8 +142,8 @@ def measure(mode: str, recipe: Path, work: Path, log) -> dict:
         old.unlink()
     script = [str(Path(__file__).resolve()), "--child", mode, "--recipe", str(recipe), "--out", str(out)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "",
-           "OMP_NUM_THREADS": str(1 if mode == "fsdp2" else os.cpu_count() or 1)}
-    if mode == "fsdp2":
+           "OMP_NUM_THREADS": str(1 if mode.startswith("fsdp2") else os.cpu_count() or 1)}
+    if mode.startswith("fsdp2"):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2",
                    "--main_process_port", str(_port()), *script]
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/gradfix-bench-fsdp"),
                         help="where the models are built (kept between runs)")
-    parser.add_argument("--modes", nargs="+", choices=("plain", "votes", "fsdp2"), default=["plain", "votes", "fsdp2"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -181,13 +186,17 @@ def main(argv=None) -> int:
         print(f"{model}: {settings['rows']} rows of up to {settings['max_length']} tokens, micro-batches of "
               f"{settings['micro_batch_size']}, {settings['dtype']}")
         results = {mode: measure(mode, recipe, args.work, print) for mode in args.modes}
-        if len(results) < 3:
+        if not {"plain", "votes", "fsdp2"} <= set(results):
             continue
         ratio = results["fsdp2"]["peak_over_baseline_mb"] / results["votes"]["peak_over_baseline_mb"]
         absolute = results["fsdp2"]["peak_rss_mb"] / results["votes"]["peak_rss_mb"]
         print(f"  fsdp2 / votes: peak per process {ratio:.2f}× over the prepared run ({absolute:.2f}× in all), "
               f"time {results['fsdp2']['seconds'] / results['votes']['seconds']:.2f}×")
         parameters = sum(t.numel() for t in _shapes(recipe))
+        if "votes_ckpt" in results:
+            peak = results["votes_ckpt"]["peak_over_baseline_mb"] / results["votes"]["peak_over_baseline_mb"]
+            time_ratio = results["votes_ckpt"]["seconds"] / results["votes"]["seconds"]
+            print(f"  activation checkpointing: {peak:.2f}× the peak of one process, {time_ratio:.2f}× its time")
         report["models"][model] = {**settings, "parameters": parameters, "results": results,
                                    "fsdp2_over_votes_peak": round(ratio, 3),
                                    "fsdp2_over_votes_peak_absolute": round(absolute, 3),

@@ -244,3 +244,12 @@ def test_run_without_a_votes_cache_removes_its_temporary_shards(recipes, single,
         run_recipe(Recipe.from_yaml(recipes["gpt2"]), tmp_path / "one", votes=single["gpt2"], progress=False)
     assert (tmp_path / "out" / "gpt2" / "model.safetensors").read_bytes() == (tmp_path / "one" / "model.safetensors"
                                                                               ).read_bytes()
+
+
+def test_a_model_with_a_scalar_parameter_is_refused_before_any_weight_is_read(clip_trio):
+    from conftest import clip_recipe_dict
+    from gradfix_hf.plan.sharded_model import load_sharded_base_model
+
+    prepared = prepare(Recipe.from_dict(clip_recipe_dict(clip_trio)))
+    with pytest.raises(RecipeError, match="cannot shard the scalar parameter 'logit_scale' of CLIPModel"):
+        load_sharded_base_model(prepared.plan, vote_mesh(ProcessContext()))

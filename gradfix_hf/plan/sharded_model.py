@@ -9,8 +9,11 @@ loads, so the vote's forward and backward see the same numbers.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
+from ..errors import RecipeError
 from ..runtime.mesh import VoteMesh
 from ..storage import shard_rows
 from .roles import SOURCE_FT, TARGET
@@ -28,7 +31,10 @@ def units(model: torch.nn.Module) -> list[torch.nn.Module]:
     a large vocabulary's embedding and LM head (0.4 GB on a 1.2 B Llama in bf16) are their own units instead."""
     blocks = block_classes(model)
     out = [module for module in list(model.modules())[1:] if type(module).__name__ in blocks]
-    embeddings = [model.get_input_embeddings(), model.get_output_embeddings()]
+    try:
+        embeddings = [model.get_input_embeddings(), model.get_output_embeddings()]
+    except (NotImplementedError, AttributeError):  # e.g. CLIP: two towers, no one input embedding
+        return out
     weights = [getattr(e, "weight", None) for e in embeddings]
     if all(e is not None for e in embeddings) and weights[0] is not weights[1]:
         inside = {id(p) for unit in out for p in unit.parameters()}
@@ -36,8 +42,15 @@ def units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return out
 
 
-def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """θ_B in ``dtype``, sharded over ``mesh`` (collective: every process of the mesh calls it)."""
+def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dtype = torch.float32, *,
+                            prepare: Optional[Callable[[torch.nn.Module], object]] = None) -> torch.nn.Module:
+    """θ_B in ``dtype``, sharded over ``mesh`` (collective: every process of the mesh calls it). ``prepare`` is
+    applied to the model before ``fully_shard`` (activation checkpointing composes with it in that order)."""
+    scalars = [name for name, shape in plan.layout.parameters.items() if not shape]
+    if scalars:  # before any weight is read
+        raise RecipeError(f"vote_sharding: fsdp shards each tensor by rows, and FSDP2 cannot shard the scalar "
+                          f"parameter {scalars[0]!r} of {plan.layout.config.architectures[0]}: vote with "
+                          "vote_sharding: samples.")
     from accelerate import init_empty_weights
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard
@@ -47,6 +60,8 @@ def load_sharded_base_model(plan: TransportPlan, mesh: VoteMesh, dtype: torch.dt
     if dtype == torch.float32:
         model.float()
     model.tie_weights()
+    if prepare is not None:
+        prepare(model)
     for module in units(model):
         fully_shard(module, mesh=mesh.device_mesh)
     fully_shard(model, mesh=mesh.device_mesh)

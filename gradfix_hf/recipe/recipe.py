@@ -59,6 +59,8 @@ class Recipe:
     vote_sharding: str = "auto"
     #: processes sharing one copy of θ_B in an FSDP2 vote (0: the processes of one node)
     vote_shard_size: int = 0
+    #: recompute each block in the vote's backward instead of keeping its activations (long rows)
+    vote_gradient_checkpointing: bool = False
 
     WHERE = ""  # top-level keys are named bare: trust_remote_code, vote_batch_size
 

@@ -22,6 +22,7 @@ from ..errors import RecipeError, VotesFileError
 from ..hub import local_path
 from ..objectives import Objective
 from ..plan import SOURCE_FT, TARGET, load_base_model
+from ..plan.checkpointing import checkpoint_blocks
 from ..plan.sharded_model import load_sharded_base_model
 from ..recipe import Recipe
 from ..runtime import ProcessContext, on_main_process, process_context
@@ -114,6 +115,7 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
     context = process_context()
     dtype = vote_dtype(prepared, vote_device(context))
     batched = vote_engine_name(prepared.recipe, prepared.objective) == "batched"
+    checkpointing = prepared.recipe.vote_gradient_checkpointing
     shard = None
     if vote_sharding(prepared.recipe, context) == "fsdp":
         if not batched:
@@ -125,7 +127,8 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         if context.is_main:
             logger.info("votes: θ_B sharded by FSDP2 over %d processes (%d shards × %d replica%s)", mesh.world,
                         mesh.shard_size, mesh.replicas, "s" if mesh.replicas > 1 else "")
-        model = load_sharded_base_model(prepared.plan, mesh, dtype)
+        model = load_sharded_base_model(prepared.plan, mesh, dtype,
+                                        prepare=checkpoint_blocks if checkpointing else None)
         votes, evidence = fsdp_votes(model, prepared.objective, prepared.examples, list(prepared.voted_shapes),
                                      mesh=mesh, aggregation=aggregation(prepared.recipe),
                                      micro_batch_size=prepared.recipe.vote_batch_size, progress=progress)
@@ -133,6 +136,8 @@ def compute_recipe_votes(prepared: PreparedRun, *, progress: bool = True) -> Vot
         del model
     else:
         model = load_base_model(prepared.plan, dtype)
+        if checkpointing:
+            checkpoint_blocks(model)
         votes, evidence = distributed_votes(_vote_engine(prepared, model, context), prepared.examples,
                                             prepared.voted_shapes, aggregation=aggregation(prepared.recipe),
                                             progress=progress, context=context,

@@ -66,8 +66,16 @@ class _Recorder:
         self.mode = "probe"
         self.classes: dict[tuple[int, int], str] = {}
         self.on_factor: Optional[Callable] = None
+        self.per_pass: dict[int, int] = {}  # module id -> its calls in one forward (more: a checkpoint's recompute)
         self.handles = [m.register_forward_hook(self._forward, with_kwargs=True) for m in owners]
         self.enabled = True
+
+    def use(self, classes: dict[tuple[int, int], str]) -> None:
+        """Classify the calls of each micro-batch's forward as the probe found them."""
+        self.classes = classes
+        self.per_pass = {}
+        for mid, index in classes:
+            self.per_pass[mid] = max(self.per_pass.get(mid, 0), index + 1)
 
     def close(self) -> None:
         for h in self.handles:
@@ -85,13 +93,17 @@ class _Recorder:
                                    len(args) == 1 and constant_options(kwargs)))
         if self.mode == "probe":
             return None
-        kind = self.classes.get((id(module), index), "unsupported")
+        passes = self.per_pass.get(id(module), 0)
+        recomputed = passes and index >= passes  # activation checkpointing re-runs the block in the backward
+        kind = self.classes.get((id(module), index % passes if passes else index), "unsupported")
         if kind == "unsupported":
             return None
         if not output.requires_grad:
             output = output.detach().requires_grad_(True)
         if kind == "broadcast":
             output = output.expand(self.batch, *output.shape[1:])
+        if recomputed:  # the same output as in the forward (checkpointing checks it); the factors came then
+            return output
         saved = x.detach()
         output.register_hook(lambda grad, m=module, s=saved: self.on_factor(m, s if kind == "batched"
                                                                              else s.expand(self.batch, *s.shape[1:]),
@@ -123,7 +135,7 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
     recorder = _Recorder(owners)
     try:
         classes, fallback = _probe(model, objective, examples, recorder, owners)
-        recorder.classes = classes
+        recorder.use(classes)
         if details is not None:
             details.update(_describe(classes, owners, fallback))
             details["relative_bias"] = sorted(name for _, name in tables.values())
@@ -152,7 +164,7 @@ def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_
             raise GradFixError(f"a sharded vote forms every per-sample gradient from batched rules, but {fallback[:3]} "
                                f"{'need' if len(fallback) > 1 else 'needs'} the exact one-sample loop: vote without "
                                "sharding (vote_sharding: samples).")
-        recorder.classes = classes
+        recorder.use(classes)
         relative.active = True
         batches = _micro_batches(examples, micro_batch_size)
         if len(batches) > sharded.steps:
@@ -168,9 +180,8 @@ def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_
 
 @dataclass(frozen=True)
 class Sharding:
-    """How a process takes part in a sharded vote: the mesh, the total number of samples (for the vote's integer
-    type), how many micro-batches every process runs, the padding micro-batch (the same on every process), and
-    where its samples start."""
+    """A process's part in a sharded vote: the mesh, N (the votes' type), the micro-batches every process runs,
+    the padding micro-batch (the same on every process) and the index of its first sample."""
 
     mesh: VoteMesh
     n_samples: int
@@ -179,8 +190,7 @@ class Sharding:
     first: int = 0  # the index of this process's first sample among all (errors name samples by it)
 
 
-def _micro_batches(examples, size: int) -> list[tuple[list, bool]]:
-    """(micro-batch, is padding) pairs of consecutive examples."""
+def _micro_batches(examples, size: int) -> list[tuple[list, bool]]:  # (micro-batch, is padding)
     return [(list(examples[start:start + size]), False) for start in range(0, len(examples), size)]
 
 
