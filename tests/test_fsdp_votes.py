@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from conftest import recipe_dict
 from gradfix_hf import Recipe, VotesFile, compute_recipe_votes, prepare, run_recipe
+from gradfix_hf.cli import main
 from gradfix_hf.errors import RecipeError, VotesFileError
 from gradfix_hf.runtime import ProcessContext
 from gradfix_hf.runtime.mesh import vote_mesh
@@ -79,7 +80,7 @@ def assert_same_votes(one: VotesFile, two: VotesFile):
 
 
 def test_two_processes_with_fsdp2_vote_bitwise_as_one_and_as_two_sample_parallel(recipes, single, sharded,
-                                                                                  tmp_path):
+                                                                                  tmp_path, capsys):
     replicated = tmp_path / "samples"
     replicated.mkdir()
     launch(2, str(WORKER), str(replicated), "samples", *recipes.values())
@@ -91,6 +92,9 @@ def test_two_processes_with_fsdp2_vote_bitwise_as_one_and_as_two_sample_parallel
         assert not (sharded / f"{kind}.safetensors").exists()
         assert_same_votes(one, VotesFile.load(index))
         assert_same_votes(one, VotesFile.load(sharded / f"{kind}.safetensors"))  # the path it was written to
+        for path in (index, sharded / f"{kind}.safetensors"):
+            assert main(["inspect", str(path), "--json"]) == 0
+            assert json.loads(capsys.readouterr().out)["metadata"] == one.metadata
         assert_same_votes(one, VotesFile.load(replicated / f"{kind}.safetensors"))
         votes = torch.cat([v.flatten().to(torch.int64) for v in one.votes.values()])
         assert int(votes.abs().max()) == one.n_samples and bool(((votes.abs() < one.n_samples) & (votes != 0)).any())
