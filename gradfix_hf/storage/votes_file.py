@@ -20,7 +20,7 @@ from ..errors import VotesFileError
 from .destinations import atomic_file
 from .safetensors_format import write_file
 from .sharded_votes import ShardInfo, read_sharded_votes, sharded_index_path
-from .votes_format import encode_evidence, is_votes_file, read_votes_file
+from .votes_format import is_votes_file, read_votes_file, stored_tensors
 
 
 def vote_dtype(n_samples: int) -> torch.dtype:
@@ -80,8 +80,7 @@ class VotesFile:
         if self.shard is not None:
             raise VotesFileError("this is one process's shard of a sharded vote: every process saves it together "
                                  "(gradfix_hf.storage.save_sharded_votes).")
-        tensors = {name: v.contiguous() for name, v in self.votes.items()}
-        tensors.update(encode_evidence(self.evidence))
+        tensors = stored_tensors(self.votes, self.evidence)
         return atomic_file(path, lambda temporary: write_file(temporary, tensors, self.metadata),
                            overwrite=overwrite, recognise=is_votes_file, where="votes file")
 

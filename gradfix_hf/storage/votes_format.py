@@ -37,9 +37,10 @@ def is_votes_file(path: Path) -> bool:
         return False
 
 
-def encode_evidence(evidence: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The stored form of partial evidence: one flag per row where every row is all or nothing, else packed bits."""
-    tensors = {}
+def stored_tensors(votes: Mapping[str, torch.Tensor], evidence: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a votes file holds: the votes, and partial evidence as one flag per row where every row is all or
+    nothing, else as packed bits."""
+    tensors = {name: v.contiguous() for name, v in votes.items()}
     for name, ev in evidence.items():
         if ev.dim() >= 2 and bool((ev == ev[..., :1]).all()):
             tensors[ROWS + name] = ev.reshape(ev.shape[0], -1)[:, 0].to(torch.uint8).contiguous()

@@ -126,55 +126,33 @@ def compute_votes_batched(model: nn.Module, objective, examples: Sequence[dict],
     result is this process's rows of every tensor, summed over every process's samples.
     """
     params = voted_parameters(model, parameter_names, aggregation)
-    if sharded is not None:
-        return _sharded_votes(model, objective, examples, params, aggregation, micro_batch_size, progress,
-                              description, sharded)
-    fold = VoteFold(params, len(examples), aggregation)
+    if sharded is None:
+        fold, probed = VoteFold(params, len(examples), aggregation), examples
+        batches = _micro_batches(examples, micro_batch_size)
+    else:  # the probe runs the padding micro-batch, the same on every process: every process classifies alike
+        fold, probed = ShardedVoteFold(params, sharded.n_samples, aggregation, sharded.mesh), sharded.padding
+        batches = sharded.micro_batches(examples, micro_batch_size)
     owners, tables = _owners(model, params)
     relative = RelativeBias(tables, fold)
     recorder = _Recorder(owners)
     try:
-        classes, fallback = _probe(model, objective, examples, recorder, owners)
+        classes, fallback = _probe(model, objective, probed, recorder, owners)
+        if fallback and sharded is not None:
+            raise GradFixError(f"a sharded vote forms every per-sample gradient from batched rules, but {fallback[:3]} "
+                               f"{'need' if len(fallback) > 1 else 'needs'} the exact one-sample loop: vote without "
+                               "sharding (vote_sharding: samples).")
         recorder.use(classes)
         if details is not None:
             details.update(_describe(classes, owners, fallback))
             details["relative_bias"] = sorted(name for _, name in tables.values())
         relative.active = True
-        _run_batched(model, objective, _micro_batches(examples, micro_batch_size), recorder, owners, fold,
-                     _contributions(classes, owners, fallback), progress, description, relative)
+        _run_batched(model, objective, batches, recorder, owners, fold, _contributions(classes, owners, fallback),
+                     progress, description, relative, first=sharded.first if sharded else 0)
     finally:
         recorder.close()
         relative.close()
     if fallback:
         _exact_fallback(model, objective, examples, [params[n] for n in fallback], fallback, fold, progress)
-    return fold.result()
-
-
-def _sharded_votes(model, objective, examples, params, aggregation, micro_batch_size, progress, description,
-                   sharded: Sharding) -> tuple[dict, dict]:
-    """The batched vote of an FSDP2-sharded model: every process runs ``sharded.steps`` micro-batches (padding
-    ones, whose counts are discarded, once its own samples are done), so all take part in every collective."""
-    fold = ShardedVoteFold(params, sharded.n_samples, aggregation, sharded.mesh)
-    owners, tables = _owners(model, params)
-    relative = RelativeBias(tables, fold)
-    recorder = _Recorder(owners)
-    try:  # the probe runs the padding micro-batch, the same on every process: every process classifies alike
-        classes, fallback = _probe(model, objective, sharded.padding, recorder, owners)
-        if fallback:
-            raise GradFixError(f"a sharded vote forms every per-sample gradient from batched rules, but {fallback[:3]} "
-                               f"{'need' if len(fallback) > 1 else 'needs'} the exact one-sample loop: vote without "
-                               "sharding (vote_sharding: samples).")
-        recorder.use(classes)
-        relative.active = True
-        batches = _micro_batches(examples, micro_batch_size)
-        if len(batches) > sharded.steps:
-            raise ValueError(f"internal: {len(batches)} micro-batches for {sharded.steps} steps")
-        batches += [(list(sharded.padding), True)] * (sharded.steps - len(batches))
-        _run_batched(model, objective, batches, recorder, owners, fold, _contributions(classes, owners, []),
-                     progress, description, relative, first=sharded.first)
-    finally:
-        recorder.close()
-        relative.close()
     return fold.result()
 
 
@@ -188,6 +166,14 @@ class Sharding:
     steps: int
     padding: Sequence[dict]
     first: int = 0  # the index of this process's first sample among all (errors name samples by it)
+
+    def micro_batches(self, examples, size: int) -> list[tuple[list, bool]]:
+        """This process's micro-batches, then padding ones (whose counts are discarded) up to ``steps``, so that
+        every process takes part in every collective."""
+        batches = _micro_batches(examples, size)
+        if len(batches) > self.steps:
+            raise ValueError(f"internal: {len(batches)} micro-batches for {self.steps} steps")
+        return batches + [(list(self.padding), True)] * (self.steps - len(batches))
 
 
 def _micro_batches(examples, size: int) -> list[tuple[list, bool]]:  # (micro-batch, is padding)

@@ -97,13 +97,17 @@ class VoteFold:
         self.dtype = vote_dtype(n_samples)
         self.aggregation = aggregation
         self.mean = aggregation in ("mean", "sum")
+        self.scratch = Scratch()
+        self.allocate(params)
+
+    def allocate(self, params: dict[str, nn.Parameter]) -> None:
+        """The counters the folds add into: a full-size pair per voted tensor, on its device."""
         if self.mean:
             self.sums = {n: torch.zeros(p.shape, device=p.device) for n, p in params.items()}
             self.evidence = {n: torch.zeros(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()}
         else:
             self.sign_sums = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
             self.voters = {n: torch.zeros(p.shape, dtype=self.dtype, device=p.device) for n, p in params.items()}
-        self.scratch = Scratch()
 
     def flush(self, name: str) -> None:
         """Called when ``name``'s gradients of a micro-batch are all folded (a sharded fold reduces them here)."""

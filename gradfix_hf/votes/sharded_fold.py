@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from ..runtime.mesh import VoteMesh
-from ..storage import vote_dtype
 from ..storage.sharded_votes import shard_rows
-from .fold import MODES, Scratch, VoteFold
+from .fold import VoteFold
 
 
 class _PerBatchCounters(dict):
@@ -53,28 +52,27 @@ class ShardedVoteFold(VoteFold):
     """A :class:`VoteFold` whose totals are this process's rows of each tensor (see the module docstring)."""
 
     def __init__(self, params: dict[str, nn.Parameter], n_samples: int, aggregation: str, mesh: VoteMesh):
-        if aggregation not in MODES:
-            raise ValueError(f"aggregation must be one of {MODES}, got {aggregation!r}")
         self.mesh, self.device = mesh, mesh.device
-        self.dtype = vote_dtype(n_samples)
-        self.aggregation = aggregation
-        self.mean = aggregation in ("mean", "sum")
+        super().__init__(params, n_samples, aggregation)
+        self.discard = False  # a padding micro-batch: its counts are not added (its collectives still run)
+        self.flushed: set[str] = set()
+
+    def allocate(self, params: dict[str, nn.Parameter]) -> None:
+        """Per-micro-batch full-size counters (created when first folded into), and this process's rows of the
+        totals."""
         self.shapes = {n: tuple(p.shape) for n, p in params.items()}
         scalars = [n for n, shape in self.shapes.items() if not shape]
         if scalars:
             raise ValueError(f"a sharded vote splits tensors by rows; {scalars[0]!r} is a scalar")
-        self.shard_rows = {n: shard_rows(s[0], mesh.shard_size, mesh.shard_index) for n, s in self.shapes.items()}
         if self.mean:
             self.sums, self.evidence = _PerBatchCounters(self, torch.float32), _PerBatchCounters(self, torch.bool)
             kinds = (torch.float32, torch.int32)
         else:  # a step's counts summed over every process never exceed N: vote_dtype(N) holds them, and the totals
             self.sign_sums, self.voters = _PerBatchCounters(self, self.dtype), _PerBatchCounters(self, self.dtype)
             kinds = (self.dtype, self.dtype)
-        self.totals = {n: tuple(torch.zeros((len(self.shard_rows[n]), *s[1:]), dtype=k, device=self.device)
-                                for k in kinds) for n, s in self.shapes.items()}
-        self.discard = False  # a padding micro-batch: its counts are not added (its collectives still run)
-        self.flushed: set[str] = set()
-        self.scratch = Scratch()
+        shards, index = self.mesh.shard_size, self.mesh.shard_index
+        self.totals = {n: tuple(torch.zeros((len(shard_rows(s[0], shards, index)), *s[1:]), dtype=k,
+                                            device=self.device) for k in kinds) for n, s in self.shapes.items()}
 
     def _counters(self) -> tuple[_PerBatchCounters, _PerBatchCounters]:
         return (self.sums, self.evidence) if self.mean else (self.sign_sums, self.voters)
