@@ -270,8 +270,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .transport.inspection import inspect_path
 
     path = local_path(args.path, where="inspect")  # a local path, or an hf:// reference to a votes file
-    if not path.exists() and not path.with_name(path.name + ".index.json").is_file():  # (a sharded votes file)
-        raise GradFixError(f"{path}: no such file or folder.")
     summary = inspect_path(path, args.top)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

@@ -35,9 +35,13 @@ def describe_methods() -> dict:
 
 
 def inspect_path(path: Path, top: int = 10) -> dict:
-    """A summary of a votes file or an output folder (what ``gradfix inspect`` prints)."""
-    from ..storage import VotesFile
+    """A summary of a votes file (one file, or a sharded one by its index or the path it was written to) or an
+    output folder (what ``gradfix inspect`` prints)."""
+    from ..errors import GradFixError
+    from ..storage import VotesFile, index_path
 
+    if not path.exists() and not index_path(path).is_file():
+        raise GradFixError(f"{path}: no such file or folder.")
     if path.is_dir():
         report = read_report(path)
         worst = sorted(report["per_tensor"].items(), key=lambda kv: kv[1]["kept_fraction"])[:top]
