@@ -377,21 +377,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .runtime.progress import silence_progress_bars
 
         silence_progress_bars()
+    code = 1  # stays 1 when an exception escapes the command
     try:
         if os.environ.get("GRADFIX_NUM_THREADS"):  # torch's CPU threads, every command (gradfix_hf/runtime/threads.py)
             from .runtime.threads import apply_configured_threads
 
             apply_configured_threads()
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except (GradFixError, OSError) as exc:  # bad input, or a file the system refuses: one line, no traceback
         if launched_rank() == 0:  # under a launcher every process fails alike; the main one says why
             print(f"gradfix: error: {_error_line(exc)}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
         if "gradfix_hf.runtime.processes" in sys.modules:  # only a command that got that far has a process group
             from .runtime.processes import close_process_group
 
-            close_process_group()
+            close_process_group(finished=code == 0)  # a barrier first only if every process got here
+    return code
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def test_cli_run_under_accelerate_fsdp2_writes_the_folder_of_one_process(recipes
            "--main_process_port", str(_free_port()), "-m", "gradfix_hf", "run", cached, "-o",
            str(tmp_path / "two"), "--no-progress"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-3000:]
     cache = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cache) == 3 and cache[-1].endswith(".safetensors.index.json"), cache
     assert (tmp_path / "two" / "model.safetensors").read_bytes() == (tmp_path / "one" / "model.safetensors"
@@ -242,7 +242,7 @@ def test_run_without_a_votes_cache_removes_its_temporary_shards(recipes, single,
     cmd = [*LAUNCH, "--num_processes", "2", "--main_process_port", str(_free_port()), str(WORKER),
            str(tmp_path / "out"), "fsdp", "--run", recipes["gpt2"]]
     done = subprocess.run(cmd, env={**_env(), "TMPDIR": str(temporary)}, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-3000:]
     assert [p.name for p in temporary.iterdir() if p.name.startswith("gradfix")] == []  # (torchrun keeps its own)
     with one_thread():
         run_recipe(Recipe.from_yaml(recipes["gpt2"]), tmp_path / "one", votes=single["gpt2"], progress=False)

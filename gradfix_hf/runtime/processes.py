@@ -8,6 +8,7 @@ this is rank 0 of 1 on the CPU and no process group is created.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -107,11 +108,21 @@ def process_context() -> ProcessContext:
     return ProcessContext(rank=state.process_index, world=state.num_processes, device=torch.device(state.device))
 
 
-def close_process_group() -> None:
-    """Destroy the process group if :func:`process_context` created one (at the end of a CLI command)."""
+def close_process_group(finished: bool = True) -> None:
+    """Destroy the process groups if :func:`process_context` created them (at the end of a CLI command).
+
+    After a command that ``finished`` on every process, they first meet at a barrier, so none tears its
+    connections down while another still sends on them; then the objects that held the groups (a sharded
+    model, a device mesh) are collected while the interpreter is whole: a gloo group finalized at interpreter
+    exit can abort the process (``terminate called without an active exception``). A failed command skips
+    the barrier: another process may never reach it.
+    """
     global _created_group
     if _created_group and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        gc.collect()
     _created_group = False
 
 
