@@ -233,31 +233,34 @@ def test_target_of_another_architecture(bert, tmp_path, capsys):
     cli_fails(tmp_path, capsys, write_recipe(tmp_path, raw), "model_type", "'gpt2'", "models.target")
 
 
-def test_vocabulary_size_mismatch(bert, tmp_path):
+def test_vocabulary_size_mismatch_without_a_tokenizer_to_line_up_by(bert, tmp_path):
+    """θ_B with more token rows and no tokenizer: its rows cannot be lined up with θ_A's by token string (with a
+    tokenizer they are: tests/test_vocabulary.py)."""
     tokenizer = word_tokenizer(WORDS + ["zzextra", "zzmore"], style="bert")
     torch.manual_seed(1)
     target = save_random_model(tmp_path / "target-v", transformers.BertModel(tiny_config("bert", tokenizer)),
                                tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (target / name).unlink(missing_ok=True)
     size = len(word_tokenizer(WORDS, style="bert"))
     fails_before_gradients(bert_recipe(bert, models={"target": str(target)}), CompatibilityError,
                            f"vocabulary size {size}", f"models.target ({target}) has {size + 2}",
                            "token ids would not line up", tmp_path=tmp_path)
 
 
-@pytest.mark.parametrize("role", ["source_finetuned", "target"])
-def test_tokenizer_with_same_size_but_other_vocabulary(bert, tmp_path, role):
+def test_fine_tune_whose_token_ids_differ_from_its_base(bert, tmp_path):
+    """θ_A^ft must keep θ_A's token ids (θ_B may renumber them: its rows are lined up by token string)."""
     words = list(WORDS)
     i, j = words.index("good"), words.index("bad")
     words[i], words[j] = words[j], words[i]
     swapped = word_tokenizer(words, style="bert")
     assert len(swapped) == len(word_tokenizer(WORDS, style="bert"))
-    folder = copy_model(bert, role, tmp_path)
+    folder = copy_model(bert, "source_finetuned", tmp_path)
     swapped.save_pretrained(folder)
-    # the message names the model compared with the target (the target itself when it is the odd one)
-    other = "models.source_finetuned" if role == "source_finetuned" else "models.source"
-    message = fails_before_gradients(bert_recipe(bert, models={role: str(folder)}), CompatibilityError, other,
-                                     "tokenizer vocabulary differs from models.target's", "'bad' is id",
-                                     "'good' is id", tmp_path=tmp_path)
+    message = fails_before_gradients(bert_recipe(bert, models={"source_finetuned": str(folder)}), CompatibilityError,
+                                     "models.source_finetuned", "tokenizer vocabulary differs from models.source's",
+                                     "'bad' is id", "'good' is id", "a fine-tune must keep its base's token ids",
+                                     tmp_path=tmp_path)
     assert str(folder) in message
 
 

@@ -13,6 +13,8 @@ from ..errors import DataError
 from ..hub import snapshot_dataset
 from .unreadable import unreadable_line
 
+#: what ``save_to_disk`` writes at the top of a saved Dataset / DatasetDict folder
+SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json")
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 #: attribute set on a data set pulled from the Hub: {"repo_id", "revision", "commit_hash"}
@@ -42,8 +44,10 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
             if builder == "json":  # Arrow's JSON reader keeps bytes that are not UTF-8; reading a row would fail
                 _check_utf8(loaded, local, where)
             return loaded
-        if local.is_dir() and (local / "dataset_info.json").is_file():
+        if local.is_dir() and any((local / f).is_file() for f in SAVED_DATASET_FILES):  # save_to_disk's folder
             loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+                raise DataError(f"{where}: no split {split!r} in {local} (splits: {', '.join(loaded)}).")
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         if path.startswith((".", "/", "~")) and not local.exists():
             raise DataError(f"{where}.path: {local} does not exist.")
@@ -66,6 +70,32 @@ def load_split(path: str, *, name: Optional[str] = None, split: str = "train", r
         known = isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError))
         detail = str(exc) if known else f"{exc.__class__.__name__}: {exc}"
         raise DataError(f"{where}: cannot load split {split!r} of {path!r}: {detail}") from None
+
+
+def split_names(path: str, *, name: Optional[str] = None, revision: Optional[str] = None, where: str = "data",
+                token: Optional[str] = None) -> list[str]:
+    """The splits of a data set: ``["train"]`` for a local file (which is one split), the splits of a saved
+    ``DatasetDict`` folder, or those ``datasets`` finds in a folder of data files or a Hub data set (pulled as
+    :func:`load_split` pulls it)."""
+    import datasets
+
+    local = Path(path).expanduser()
+    if local.is_file():
+        return ["train"]
+    try:
+        if local.is_dir() and (local / "dataset_info.json").is_file():
+            return ["train"]  # a saved Dataset (one split)
+        if local.is_dir() and (local / "dataset_dict.json").is_file():
+            return list(datasets.load_from_disk(str(local)).keys())
+        if path.startswith((".", "/", "~")) and not local.exists():
+            raise DataError(f"{where}.path: {local} does not exist.")
+        folder = local if local.is_dir() else snapshot_dataset(path, name=name, revision=revision, token=token,
+                                                                where=where, error=DataError)[0]
+        return list(datasets.load_dataset(str(folder), name).keys())
+    except DataError:
+        raise
+    except Exception as exc:  # datasets' own hierarchy
+        raise DataError(f"{where}: cannot list the splits of {path!r}: {_innermost(exc)}") from None
 
 
 def _check_utf8(dataset, local: Path, where: str) -> None:

@@ -1,10 +1,10 @@
-"""Configs and tokenizers of θ_A, θ_A^ft, θ_B (and θ_B^ft) checked against each other: one architecture, one
-vocabulary with the same token ids; LoRA adapters bound to their bases; the task config of the output."""
+"""Configs of θ_A, θ_A^ft, θ_B (and θ_B^ft) checked against each other: one architecture, one vocabulary size
+(unless θ_A's and θ_B's token rows are lined up by token string, :mod:`.vocabulary`); LoRA adapters bound to their
+bases; the task config of the output."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import transformers
 
@@ -12,6 +12,7 @@ from ..errors import CompatibilityError
 from ..hub import ResolvedModel
 from ..lora import adapter_model_config, bind_base, bound_base
 from .roles import ADAPTER_BASES, SOURCE, SOURCE_FT, TARGET
+from .vocabulary import vocab_size
 
 HEAD_CONFIG_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
 
@@ -65,43 +66,19 @@ def task_config(target_config, finetuned_config, objective_name: str):
     return config
 
 
-def _vocab_size(config) -> Optional[int]:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "vocab_size", None)
-
-
-def check_configs(configs: dict[str, transformers.PretrainedConfig], names: dict[str, str]) -> None:
-    """Same model_type and vocabulary size for every model."""
+def check_configs(configs: dict[str, transformers.PretrainedConfig], names: dict[str, str],
+                  token_rows_aligned: bool = False) -> None:
+    """Same model_type for every model, and the same vocabulary size, except between θ_A's side and θ_B's when
+    their token rows are lined up by token string (``token_rows_aligned``, :mod:`.vocabulary`)."""
     target_type = configs[TARGET].model_type
     for role, config in configs.items():
         if config.model_type != target_type:
             raise CompatibilityError(f"{role} ({names[role]}) has model_type {config.model_type!r} but {TARGET} "
                                      f"({names[TARGET]}) has {target_type!r}: GradFix needs one architecture.")
-    target_vocab = _vocab_size(configs[TARGET])
     for role, config in configs.items():
-        if _vocab_size(config) != target_vocab:
-            raise CompatibilityError(f"{role} ({names[role]}) has vocabulary size {_vocab_size(config)} but "
-                                     f"{TARGET} ({names[TARGET]}) has {target_vocab}: token ids would not line up.")
-
-
-def check_tokenizers(tokenizers: dict[str, object], names: dict[str, str]) -> None:
-    """Token ids must mean the same tokens in every model that ships a tokenizer."""
-    reference_role = TARGET if tokenizers.get(TARGET) is not None else None
-    if reference_role is None:
-        return
-    reference = tokenizers[reference_role].get_vocab()
-    for role, tok in tokenizers.items():
-        if tok is None or role == reference_role:
-            continue
-        vocab = tok.get_vocab()
-        if vocab != reference:
-            examples = []
-            for token in sorted(set(vocab) | set(reference)):
-                if vocab.get(token) != reference.get(token):
-                    examples.append(f"{token!r} is id {vocab.get(token)} in {role} but "
-                                    f"{reference.get(token)} in {TARGET}")
-                if len(examples) == 3:
-                    break
-            raise CompatibilityError(f"{role} ({names[role]}): its tokenizer vocabulary differs from {TARGET}'s "
-                                     f"({names[TARGET]}; {len(vocab)} vs {len(reference)} tokens; e.g. "
-                                     + "; ".join(examples) + "): token ids would not mean the same tokens.")
+        other = SOURCE if token_rows_aligned and role in (SOURCE, SOURCE_FT) else TARGET
+        if role != other and vocab_size(config) != vocab_size(configs[other]):
+            raise CompatibilityError(f"{role} ({names[role]}) has vocabulary size {vocab_size(config)} but {other} "
+                                     f"({names[other]}) has {vocab_size(configs[other])}: token ids would not line "
+                                     "up (θ_A's and θ_B's are lined up by token string only when both ship a "
+                                     "tokenizer).")

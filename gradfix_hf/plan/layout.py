@@ -21,6 +21,9 @@ class TargetLayout:
     prefix: str
     aliases: dict[str, list[str]]
     base_parameters: frozenset = frozenset()  # parameters of the base model (not of a task head)
+    #: parameters with one row per token (input and output embeddings, an output bias): aligned by token string
+    #: when θ_B's vocabulary differs from θ_A's (gradfix_hf/plan/vocabulary.py)
+    vocabulary_rows: frozenset = frozenset()
 
     @property
     def model_class(self):
@@ -56,4 +59,22 @@ def build_layout(auto_class_name: str, config, trust_remote_code: bool = False) 
         base_parameters = frozenset(f"{model.base_model_prefix}.{n}" for n, _ in base.named_parameters())
     config.architectures = [model.__class__.__name__]
     return TargetLayout(auto_class_name=auto_class_name, config=config, parameters=parameters, buffers=buffers,
-                        prefix=model.base_model_prefix or "", aliases=aliases, base_parameters=base_parameters)
+                        prefix=model.base_model_prefix or "", aliases=aliases, base_parameters=base_parameters,
+                        vocabulary_rows=_token_row_parameters(model))
+
+
+def _token_row_parameters(model) -> frozenset:
+    """The names of the parameters holding a row per token: the input embedding's weight, the output embedding's
+    weight and bias (one name for tied weights, as ``named_parameters`` lists a shared parameter once)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    modules = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            modules.append(getattr(model, getter)())
+        except (AttributeError, NotImplementedError):
+            continue
+    rows = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "vocab_size", None)
+    found = {names[id(t)] for m in modules if m is not None for t in (getattr(m, "weight", None),
+                                                                      getattr(m, "bias", None))
+             if isinstance(t, torch.nn.Parameter) and id(t) in names and t.dim() >= 1 and t.shape[0] == rows}
+    return frozenset(found)

@@ -9,8 +9,9 @@ from θ_B's config, with the fine-tune's label config. Every parameter of it is 
 * copied from the fine-tune: absent from θ_A but present in θ_A^ft (a new classification head), or
 * taken from θ_B unchanged (buffers, non-float tensors).
 
-Anything else (a tensor missing from one model, a shape or vocabulary mismatch, NaN/inf) is an error that
-names the model, the tensor and the reason, raised before any gradient work.
+A new release whose vocabulary differs from θ_A's has θ_A's side read in θ_B's token rows (:mod:`.vocabulary`).
+Anything else (a tensor missing from one model, a shape mismatch, NaN/inf) is an error that names the model, the
+tensor and the reason, raised before any gradient work.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..lora import LoraAdapterReader, module_kinds
 from ..storage import CheckpointReader, align_names, tensors_fingerprint
 from .layout import TargetLayout
 from .roles import ADAPTER_BASES, SOURCE, SOURCE_FT, TARGET, TARGET_FT
+from .vocabulary import AlignedRowsReader, VocabularyAlignment
 
 
 @dataclass
@@ -42,6 +44,8 @@ class TransportPlan:
     #: transported tensors whose τ_A is zero everywhere; None when not looked at (a plan made without reading the
     #: checkpoints' values, e.g. for a merge from votes files, which checks each tensor as it reads it instead)
     unmoved: Optional[list[str]] = None
+    #: θ_B's vocabulary lined up with θ_A's by token string (None: the same token ids)
+    vocabulary: Optional[VocabularyAlignment] = None
 
     def tensor(self, role: str, name: str) -> torch.Tensor:
         """A float32 tensor of ``role`` under the target's name ``name``."""
@@ -67,15 +71,18 @@ class TransportPlan:
     def summary(self) -> dict:
         return {"transported": len(self.transported), "unmoved": None if self.unmoved is None else len(self.unmoved),
                 "copied_from_finetune": self.copied_from_finetune,
-                "from_target": len(self.from_target), "ignored": {k: v for k, v in self.ignored.items() if v}}
+                "from_target": len(self.from_target), "ignored": {k: v for k, v in self.ignored.items() if v},
+                **({"vocabulary": self.vocabulary.summary()} if self.vocabulary is not None else {})}
 
 
 def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True,
-                   transported_prefixes: Optional[tuple[str, ...]] = None) -> TransportPlan:
+                   transported_prefixes: Optional[tuple[str, ...]] = None,
+                   vocabulary: Optional[VocabularyAlignment] = None) -> TransportPlan:
     """Line up every checkpoint with the target layout, or raise naming the tensor, model and reason.
 
     ``transported_prefixes`` (an objective's choice, e.g. CLIP's vision tower): only parameters under these
     names are transported; every other parameter is θ_B's, unchanged (and needs only θ_B to have it).
+    ``vocabulary``: θ_A's and θ_A^ft's token rows are read in θ_B's order (:mod:`.vocabulary`).
     """
     readers = {role: CheckpointReader(m) for role, m in models.items() if not m.is_adapter}
     if any(m.is_adapter for m in models.values()):  # θ_A + the adapter's merged delta, tensor by tensor
@@ -85,7 +92,12 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
         readers = {role: readers[role] for role in models}
     names = list(layout.shapes)
     keys = {role: align_names(r, names, layout.prefix, layout.aliases) for role, r in readers.items()}
-    plan = TransportPlan(layout=layout, readers=readers, keys=keys)
+    if vocabulary is not None:  # θ_A's side read in θ_B's token rows
+        for role in (SOURCE, SOURCE_FT):
+            rows = {keys[role][n]: keys[TARGET][n] for n in layout.vocabulary_rows
+                    if n in keys[role] and n in keys[TARGET]}
+            readers[role] = AlignedRowsReader(readers[role], vocabulary, rows, readers[TARGET])
+    plan = TransportPlan(layout=layout, readers=readers, keys=keys, vocabulary=vocabulary)
     expected = layout.shapes
     for name in names:
         present = {role for role in readers if name in keys[role]}

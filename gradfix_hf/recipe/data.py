@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..errors import RecipeError
 from .validation import check_choice, check_fields, paths_as_strings
@@ -145,6 +145,9 @@ class DataConfig:
     loss_tokens: str = "completion"
     chat_template: Optional[str] = None  # a Jinja template (or a file holding one) instead of θ_B's tokenizer's
     tokenizer: Optional[str] = None  # a folder or Hub id whose tokenizer renders the rows instead of θ_B's
+    #: carve a seeded validation split from ``split`` (a fraction in (0, 1) or a row count): the vote draws from the
+    #: rest, and ``evaluation.split: validation`` (without ``evaluation.path``) scores the carved rows
+    validation_size: Optional[Union[int, float]] = None
 
     WHERE = "data"
 
@@ -175,6 +178,10 @@ class DataConfig:
         if not self.image_column:
             raise RecipeError(f"data.image_column: the name of the image column, got {self.image_column!r}.")
         self._check_sft_fields()
+        size = self.validation_size
+        if size is not None and (isinstance(size, bool) or not (isinstance(size, int) and size >= 1
+                                                                or isinstance(size, float) and 0 < size < 1)):
+            raise RecipeError(f"data.validation_size: a fraction in (0, 1) or a number of rows >= 1, got {size!r}.")
 
     def _check_sft_fields(self) -> None:
         if self.rows is not None and self.rows < 1:

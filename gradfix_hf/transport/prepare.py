@@ -7,21 +7,24 @@ held-out scores and the merge of a run read.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..data import (LabelledSamples, describe_source, evaluation_rows, evaluation_samples, label_space_from_rows,
-                    load_split, select_per_class, select_rows, target_embedder, with_images)
+from ..data import (CARVED_SPLIT, LabelledSamples, carve_validation, describe_source, evaluation_rows,
+                    evaluation_samples, label_space_from_rows, load_split, select_per_class, select_rows,
+                    target_embedder, with_images)
 from ..errors import GradFixError, RecipeError
 from ..hub import ResolvedModel, resolve_model
 from ..metrics import check_available
 from ..objectives import (OBJECTIVES, CallableObjective, CLIPZeroShotObjective, Objective, SFTObjective,
                           load_named_tokenizer)
 from ..plan import (SOURCE, SOURCE_FT, TARGET, TARGET_FT, TransportPlan, bind_adapters, build_layout, check_configs,
-                    check_tokenizers, load_config, plan_transport, task_config)
+                    load_config, plan_transport, task_config, vocabulary_alignment)
 from ..recipe import Recipe, ResolvedTask
 
+logger = logging.getLogger("gradfix_hf")
 TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
 
 
@@ -80,8 +83,8 @@ def _load_tokenizer(models: dict[str, ResolvedModel], role: str, trust_remote_co
     from transformers import AutoTokenizer
 
     folder = models[role].local_dir
-    if models[role].is_adapter and not any(next(folder.glob(p), None) for p in TOKENIZER_FILES):
-        return None  # an adapter without its own tokenizer (AutoTokenizer would make an empty one from config.json)
+    if not any(next(folder.glob(p), None) for p in TOKENIZER_FILES):
+        return None  # no tokenizer files (AutoTokenizer would make an empty one from config.json alone)
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError):
@@ -107,9 +110,14 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     bind_adapters(models)  # a LoRA adapter as θ_A^ft is read on θ_A (gradfix_hf/lora)
     names = {role: m.name for role, m in models.items()}
     configs = {role: load_config(m, trust) for role, m in models.items()}
-    check_configs(configs, names)
+    check_configs(configs, names, token_rows_aligned=True)  # one architecture; each fine-tune has its base's rows
     tokenizers = {role: _load_tokenizer(models, role, trust) for role in models}
-    check_tokenizers(tokenizers, names)
+    vocabulary = vocabulary_alignment(tokenizers, configs, names)  # θ_B's token rows in θ_A's, by token string
+    if vocabulary is None:  # then θ_A's and θ_B's token ids must line up as they are
+        check_configs(configs, names)
+    if vocabulary is not None and vocabulary.dropped:
+        logger.warning("θ_B's vocabulary lacks %d of θ_A's tokens (e.g. %s): their rows of τ_A are not carried.",
+                       len(vocabulary.dropped), ", ".join(repr(t) for t in vocabulary.dropped[:5]))
     tokenizer = tokenizers[TARGET] or tokenizers[SOURCE_FT] or tokenizers[SOURCE]
 
     objective_cls = OBJECTIVES[recipe.objective]
@@ -119,7 +127,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     auto_class = recipe.model_class or objective_cls.auto_class_name
     config = task_config(configs[TARGET], configs[SOURCE_FT], recipe.objective)
     layout = build_layout(auto_class, config, trust)
-    plan = plan_transport(models, layout, check_values=check_values,
+    plan = plan_transport(models, layout, check_values=check_values, vocabulary=vocabulary,
                           transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
 
     objective = samples = eval_samples = test_samples = None
@@ -136,6 +144,10 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
                              revision=data.revision, where="data", token=token)
         columns = [data.image_column, data.label_column] if clip else None  # what the objective reads
         sft = objective_cls is SFTObjective
+        carved = None
+        if data.validation_size is not None:  # held-out rows carved from the split; the vote draws from the rest
+            dataset, carved = carve_validation(dataset, data.validation_size, data.seed,
+                                               label_column=None if sft else data.label_column)
         if clip:
             dataset = with_images(dataset, data.image_column, data.path, "data")
             labels = CLIPZeroShotObjective.label_space(data, configs[SOURCE_FT], dataset)
@@ -161,6 +173,8 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
         if sft:  # what the loss of a row depends on
             extra = {"objective": recipe.objective, "format": objective.format, "loss_tokens": data.loss_tokens,
                      "max_length": data.max_length, "chat_template": objective.chat_template}
+        if carved is not None:  # the rows' indices are among those the carve left
+            extra["validation_size"] = data.validation_size
         if clip:  # the prompts are part of the loss, hence of what the votes depend on
             extra.update(templates=objective.templates, image_column=data.image_column)
         embed = None
@@ -186,14 +200,20 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
             ev = recipe.evaluation
 
             def held_out(path: str, split: str, where: str) -> LabelledSamples:
-                rows = load_split(path, name=ev.name or data.name, split=split, revision=ev.revision or data.revision,
-                                  where=where, token=token)
+                if carved is not None and path == data.path and split == CARVED_SPLIT:
+                    rows = carved
+                    source = f"{describe_source(path, data.split)} (validation carve of {len(carved)} rows, " \
+                             f"seed {data.seed})"
+                else:
+                    rows = load_split(path, name=ev.name or data.name, split=split,
+                                      revision=ev.revision or data.revision, where=where, token=token)
+                    source = describe_source(path, split)
                 if clip:
                     rows = with_images(rows, data.image_column, path, where)
                 if sft:
-                    return evaluation_rows(rows, ev.max_samples, describe_source(path, split), where=where,
+                    return evaluation_rows(rows, ev.max_samples, source, where=where,
                                            columns=objective.data_columns(), text_columns=objective.text_columns())
-                return evaluation_samples(rows, data, labels, ev.max_samples, describe_source(path, split), where,
+                return evaluation_samples(rows, data, labels, ev.max_samples, source, where,
                                           columns=columns, text_columns=objective.text_columns())
 
             eval_samples = held_out(ev.path or data.path, ev.split, "evaluation")
