@@ -144,6 +144,14 @@ def recipe_for(args: argparse.Namespace, built: dict, target: Path, rows: int, s
             "method": {"name": "auto", "candidates": candidates or ["naive", "gradfix"]}, "vote_batch_size": 8}
 
 
+def choice_metrics(prepared):
+    """What picks α on validation: NLL alone (the generation metrics are computed on the test split only, at the
+    chosen α: greedy decoding at every α of the grid would double a run's time and choose nothing)."""
+    from gradfix_hf.metrics import MetricSet
+
+    return MetricSet(["nll"], prepared.objective)
+
+
 def fixed_entries(args, built: dict, steps: int) -> dict:
     """θ_B zero-shot and naive θ_B + α·τ_A of a level (α over the grid on validation, then test), scored once: they
     read no vote row, so they are the same numbers for every N and seed (``method: auto`` of each run compares
@@ -157,12 +165,12 @@ def fixed_entries(args, built: dict, steps: int) -> dict:
     started = time.perf_counter()
     recipe = gradfix_hf.Recipe.from_dict(recipe_for(args, built, built["levels"][steps], 8, 0, ["naive"]))
     prepared = prepare(recipe)
-    metrics = evaluation_metrics(prepared)
+    metrics, choice = evaluation_metrics(prepared), choice_metrics(prepared)
     model = load_base_model(prepared.plan)
     zero_shot = {"label": "θ_B zero-shot",
-                 "validation_scores": score_model(prepared.objective, model, prepared.eval_samples, metrics),
+                 "validation_scores": score_model(prepared.objective, model, prepared.eval_samples, choice),
                  "test_scores": score_model(prepared.objective, model, prepared.test_samples, metrics)}
-    naive, _ = score_jobs(prepared, model, candidate_jobs(prepared, None), args.alphas, metrics)
+    naive, _ = score_jobs(prepared, model, candidate_jobs(prepared, None), args.alphas, choice, test_metrics=metrics)
     return {"zero-shot": zero_shot, "naive": naive["naive"], "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -179,13 +187,14 @@ def one_run(args, built: dict, steps: int, rows: int, seed: int, fixed: dict) ->
     started = time.perf_counter()
     recipe = gradfix_hf.Recipe.from_dict(recipe_for(args, built, built["levels"][steps], rows, seed, ["gradfix"]))
     prepared = prepare(recipe)
-    metrics = evaluation_metrics(prepared)
+    metrics, choice = evaluation_metrics(prepared), choice_metrics(prepared)
     votes = recipe_votes(recipe, [prepared], progress=False)[0]
     model = load_base_model(prepared.plan)
     _, tuned = few_shot_baseline(prepared, model)
     few_shot = score_model(prepared.objective, tuned, prepared.test_samples, metrics)
     del tuned
-    entries, _ = score_jobs(prepared, model, candidate_jobs(prepared, votes), args.alphas, metrics)
+    entries, _ = score_jobs(prepared, model, candidate_jobs(prepared, votes), args.alphas, choice,
+                            test_metrics=metrics)
     entries["naive"] = fixed["naive"]
     chosen = choose(entries, [{"mask": "naive"}, {"mask": "gradfix"}])
     out = {"zero-shot": {"test": fixed["zero-shot"]["test_scores"], "alpha": None},

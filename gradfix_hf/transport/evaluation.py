@@ -91,11 +91,13 @@ def set_alpha(params: dict, tensors: dict, alpha: float) -> None:
 
 
 def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: list[float], metrics: MetricSet, *,
-               test: bool = True, progress: bool = False) -> tuple[dict[str, dict], list[str]]:
+               test: bool = True, progress: bool = False, test_metrics: Optional[MetricSet] = None
+               ) -> tuple[dict[str, dict], list[str]]:
     """Score each (key, label, job) over ``grid`` on the validation split (every metric; the first picks α — the
     highest, or the lowest NLL / perplexity — ties → the smallest α) and, when ``test`` and a test split exist, at
-    its best α on the test split. ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the
-    grid-edge warnings."""
+    its best α on the test split (with ``test_metrics`` when given: e.g. NLL alone over the grid, generation metrics
+    only at the chosen α). ``model`` is θ_B (loaded once); it is θ_B again on return. Also returns the grid-edge
+    warnings."""
     params = dict(model.named_parameters())
     objective, validation = prepared.objective, prepared.eval_samples
     test_samples = prepared.test_samples if test else None
@@ -119,7 +121,7 @@ def score_jobs(prepared: PreparedRun, model: torch.nn.Module, jobs: list, grid: 
                                  "best_validation_scores": scores[best]}
         if test_samples is not None:
             set_alpha(params, tensors, best)
-            entry["test_scores"] = score_model(objective, model, test_samples, metrics)
+            entry["test_scores"] = score_model(objective, model, test_samples, test_metrics or metrics)
             entry["test"] = entry["test_scores"][primary]
         if len(grid) > 1 and best in (grid[0], grid[-1]):
             side = "smallest" if best == grid[0] else "largest"
