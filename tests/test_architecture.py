@@ -88,7 +88,7 @@ def test_ruff_finds_nothing():
 
 
 PUBLIC_API = {
-    "gradfix_hf": ["transport", "Recipe", "TransportResult", "sweep", "SweepResult", "run_recipe", "prepare",
+    "gradfix_hf": ["rebase", "transport", "Recipe", "TransportResult", "sweep", "SweepResult", "run_recipe", "prepare",
                    "compute_recipe_votes", "VotesFile", "GradFixError", "RecipeError", "__version__"],
     "gradfix_hf.transport": ["transport", "run_recipe", "prepare", "compute_recipe_votes", "load_votes_for",
                              "recipe_votes", "TransportResult", "PreparedRun", "evaluation_metrics"],
@@ -102,6 +102,7 @@ PUBLIC_API = {
     "gradfix_hf.errors": ["GradFixError", "RecipeError", "ModelResolutionError", "CompatibilityError", "DataError",
                           "VotesFileError", "NonFiniteError"],
     "gradfix_hf.integrations.mergekit": ["register_methods", "check_config", "main"],
+    "gradfix_hf.rebase": ["rebase", "infer_rebase", "RebaseOptions", "RebaseInference"],
 }
 
 
@@ -120,6 +121,7 @@ def test_public_api_objects_are_what_they_claim():
     from gradfix_hf.transport import run
 
     assert callable(gradfix_hf.transport) and gradfix_hf.transport is run.transport
+    assert gradfix_hf.rebase is importlib.import_module("gradfix_hf.rebase.run").rebase
     assert gradfix_hf.VotesFile is importlib.import_module("gradfix_hf.votes").VotesFile
     assert {"gradfix", "task_arithmetic", "ties", "mask_then_merge", "merge_then_mask",
             "multi_source"} <= set(registered_methods())

@@ -94,3 +94,25 @@ def test_the_readme_python_example_runs_right_after_the_quickstart(quickstart_ro
     assert "'label': 'positive'" in done.stdout or "'label': 'negative'" in done.stdout
     assert (root / "gradfix-quickstart" / "output-python" / "gradfix_report.json").is_file()
     assert (root / "my-transported-model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_readme_rebase_examples_run_right_after_the_quickstart(quickstart_root):
+    """The README's first usage example, ``gradfix rebase`` on the quickstart's models (shell and Python), as
+    written, from a folder holding gradfix-quickstart/ (twice: ``--overwrite`` / ``overwrite=True`` replace)."""
+    root, _ = quickstart_root
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shell = next(body for language, body in FENCE.findall(readme)
+                 if language == "bash" and "gradfix rebase gradfix-quickstart" in body)
+    shell = shell.replace("\\\n", " ").replace("gradfix ", f"{sys.executable} -m gradfix_hf ")
+    snippet = next(body for language, body in FENCE.findall(readme)
+                   if language == "python" and "gradfix_hf.rebase(" in body)
+    for _ in range(2):
+        done = subprocess.run(["bash", "-euc", shell], cwd=root, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "method auto: chose" in done.stdout and "old base" in done.stdout
+        done = subprocess.run([sys.executable, "-c", snippet], cwd=root, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "LoRA adapter r=8" in done.stdout
+    assert (root / "rebased" / "recipe.yaml").is_file()
+    assert (root / "rebased-chat-lora" / "adapter_config.json").is_file()

@@ -429,3 +429,47 @@ def test_killed_push_mid_upload_publishes_nothing(hub, output, tmp_path):
     assert hub.file("org/killed", "padding.bin", revision=commit.oid) == big
     for path in output.output_dir.glob("*.safetensors"):
         assert hub.file("org/killed", path.name, revision=commit.oid) == path.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ rebase
+def test_rebase_dry_run_from_the_hub_reads_the_card_and_downloads_no_weight(hub, seeded, bert, capsys):
+    """``gradfix rebase --dry-run`` on Hub ids: θ_A from the fine-tune's card, the splits of the Hub data set, and
+    the size of what a run would pull, from the Hub's file listing; no weight file is downloaded."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = f"---\n{ModelCardData(base_model='org/tiny-bert', library_name='transformers').to_yaml()}\n---\n# ft\n"
+    hub.seed("org/tiny-bert-ft-card", {**_files(bert["source_finetuned"]), "README.md": card.encode()})
+    code = main(["rebase", "org/tiny-bert-ft-card", "--onto", "org/tiny-bert", "--data", "org/toy-sentiment",
+                 "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "old base     org/tiny-bert  [from model card (base_model)]" in out
+    assert "splits       vote: train; validation: validation; test: –" in out
+    pulled = sorted(p.name for p in bert["source"].iterdir() if p.name in {"config.json", "model.safetensors"}
+                    | TOKENIZER_FILES)  # what org/tiny-bert's main holds at its top level (tests above)
+    size = sum((bert["source"] / name).stat().st_size for name in pulled)
+    assert f"onto         from the Hub: {len(pulled)} files, {size / 1000:.1f} KB" in out
+    assert not [f for f in hub.downloads() if f.endswith((".safetensors", ".bin"))]
+    _no_token_anywhere(out, err)
+
+
+def test_rebase_push_to_hub_alone_pushes_the_folder_and_leaves_no_temporary_one(hub, bert, tmp_path, capsys,
+                                                                                monkeypatch):
+    """``gradfix rebase ... --push-to-hub REPO`` without -o: the output goes to a temporary folder, is pushed in one
+    commit (recipe.yaml and the model card included) and the temporary folder is removed."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    code = main(["rebase", str(bert["source_finetuned"]), "--onto", str(bert["target"]), "--base",
+                 str(bert["source"]), "--data", str(bert["train"]), "--samples", "2", "--alphas", "1.0",
+                 "--no-progress", "--push-to-hub", "org/rebased"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    oid = hub.refs("org/rebased")["branches"]["main"]
+    assert f"to {hub.url}/org/rebased in commit {oid}" in printed.out
+    files = hub.commits("org/rebased")[0]["files"]
+    assert {"recipe.yaml", "README.md", "model.safetensors", "gradfix_report.json"} <= set(files)
+    assert "## Rebase" in hub.file("org/rebased", "README.md").decode()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary output folder is gone
+    _no_token_anywhere(printed.out, printed.err)

@@ -168,23 +168,26 @@ def test_build_says_what_it_does(quickstart_root):
 
 
 def test_an_earlier_workdir_gets_only_what_it_lacks(quickstart_root, tmp_path):
-    """A workdir an earlier version built (stage 1, marker ``ok``) gets stage 2 on the next build, the same bytes
-    as a fresh build's, and its stage-1 files are not touched; a complete one is left alone."""
+    """A workdir an earlier version built (stage 1, marker ``ok``) gets stages 2 and 3 on the next build, the same
+    bytes as a fresh build's, and its stage-1 files are not touched; a complete one is left alone."""
     import shutil
 
     fresh = quickstart_root[0] / "gradfix-quickstart"
     old = tmp_path / "gradfix-quickstart"
     for name in ("source", "source-finetuned", "target"):
         shutil.copytree(fresh / name, old / name)
+    (old / "source-finetuned" / "README.md").unlink()  # stage 3's card: an earlier version wrote none
     (old / "data").mkdir()
     for split in ("train", "validation", "test"):
         shutil.copy2(fresh / "data" / f"{split}.jsonl", old / "data" / f"{split}.jsonl")
     (old / MARKER).write_text("ok\n")
     before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file() and p.name != MARKER}
     lines: list[str] = []
-    assert ensure_quickstart_assets(old, log=lines.append) == [2]
+    assert ensure_quickstart_assets(old, log=lines.append) == [2, 3]
     assert "earlier version" in lines[0] and not any(" target " in line for line in lines)
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    # stage 3: each fine-tune's card names its base, as `gradfix rebase` reads it
+    assert f"base_model: {(old / 'source').resolve()}" in (old / "source-finetuned" / "README.md").read_text()
     for name in ("source-topic-finetuned", "second-source", "second-source-finetuned"):
         assert (old / name / "model.safetensors").read_bytes() == (fresh / name / "model.safetensors").read_bytes()
     for split in ("train", "validation", "test"):

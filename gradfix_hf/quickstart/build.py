@@ -16,6 +16,8 @@ source):
 * ``second-source`` (θ_C): θ_A's pre-training continued on a third corpus C, and ``second-source-finetuned``:
   θ_C fine-tuned on the sentiment task (the same task and data as θ_A^ft).
 
+Stage 3: a model card on each fine-tune naming its base (``base_model``), which ``gradfix rebase`` reads.
+
 Each stage is seeded on its own and only reads what earlier stages wrote, so a stage comes out the same whether it
 is built with the others or later, in a workdir an earlier version built (its marker says ``ok``: stage 1 only).
 """
@@ -191,7 +193,26 @@ def _fine_tune(base: Path, out: Path, tokenizer, rows: list[dict], labels: dict[
     _save(model, tokenizer, out)
 
 
+#: each fine-tune → the base it was trained from (what its model card names)
+FINETUNE_BASES = {"source-finetuned": "source", "source-topic-finetuned": "source",
+                  "second-source-finetuned": "second-source"}
+
+
+def _write_cards(workdir: Path, seed: int, log: Log) -> None:
+    """Stage 3: a model card on each fine-tune naming its base (``base_model``), as the Trainer and PEFT write
+    one, so that ``gradfix rebase`` finds θ_A by itself."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    paths = asset_paths(workdir)
+    log("  cards   *-finetuned/README.md      each fine-tune's model card names its base (base_model)")
+    for finetune, base in FINETUNE_BASES.items():
+        data = ModelCardData(base_model=str(paths[base].resolve()), library_name="transformers",
+                             pipeline_tag="text-classification")
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {finetune}\n\nA fine-tune of `{base}` built by `gradfix "
+                  "quickstart` (toy data, tiny model).\n").save(paths[finetune] / "README.md")
+
+
 #: stage number → its builder, in build order
-STAGES: dict[int, Callable[[Path, int, Log], None]] = {1: _build_trio, 2: _build_merge_inputs}
+STAGES: dict[int, Callable[[Path, int, Log], None]] = {1: _build_trio, 2: _build_merge_inputs, 3: _write_cards}
 #: the stage a complete workdir records
 BUILD_VERSION = max(STAGES)

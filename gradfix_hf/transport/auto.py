@@ -58,6 +58,21 @@ def resolved_method(choice: dict) -> MethodConfig:
                         parameters=dict(choice["parameters"]))
 
 
+def choice_margin(choice: dict) -> Optional[dict]:
+    """By how much the chosen candidate beat the best other one on validation: ``{"runner_up", "difference"}``
+    (the difference in the metric's own direction, ≥ 0), and ``naive_difference`` when naive was not chosen."""
+    others = {k: c for k, c in choice["candidates"].items() if k != choice["key"]}
+    if not others:
+        return None
+    sign = 1.0 if higher_is_better(choice["metric"]) else -1.0
+    key = max(others, key=lambda k: sign * others[k]["best_validation"])
+    margin = {"runner_up": others[key]["label"],
+              "difference": sign * (choice["validation"] - others[key]["best_validation"])}
+    if "naive" in others:
+        margin["naive_difference"] = sign * (choice["validation"] - others["naive"]["best_validation"])
+    return margin
+
+
 def choice_table(choice: Optional[dict], metric: str) -> str:
     """Markdown: every candidate's best α and validation score, the chosen one in bold."""
     if not choice:
@@ -82,6 +97,7 @@ def resolve(prepared: list[PreparedRun], vote_files: list[Optional[VotesFile]], 
     choice = choose(entries, recipe.method.parameters["candidates"])
     choice.update(metric=next(iter(entries[choice["key"]]["best_validation_scores"])),
                   split=head.eval_samples.source, n_samples=len(head.eval_samples), alphas=grid, warnings=warnings)
+    choice["margin"] = choice_margin(choice)
     for message in warnings:  # once each; the report keeps them (auto.warnings)
         logger.warning(message)
     resolved = recipe.replace(method=resolved_method(choice))

@@ -59,6 +59,31 @@ written model is the one in bold ({auto['label']}, α = {auto['alpha']:g}). {sco
 """
 
 
+def _rebase_section(report: dict) -> str:
+    """What ``gradfix rebase`` inferred, the choice it made and by how much (empty for other runs)."""
+    rebase = report.get("rebase")
+    if not rebase:
+        return ""
+    auto, splits = report.get("auto") or {}, rebase["splits"]
+    margin = auto.get("margin") or {}
+    won = ""
+    if margin:
+        won = (f" `method: auto` chose {auto['label']} at α = {auto['alpha']:g}: {auto['metric']} "
+               f"{auto['validation']:.4f} on validation, better than {margin['runner_up']} by "
+               f"{margin['difference']:.4f}" + (f" and than naive addition by {margin['naive_difference']:.4f}"
+                                                if "naive_difference" in margin else "") + ".")
+    test = f", test on `{splits['test']}`" if splits.get("test") else ""
+    return f"""## Rebase
+
+`{rebase['finetuned']}`, a fine-tune of the old base `{rebase['base']['value']}` (from {rebase['base']['from']}), \
+rebased onto the new base `{rebase['onto']}` with `gradfix rebase` and the data `{rebase['data']}`. Objective \
+{rebase['objective']['value']} (from {rebase['objective']['from']}); votes on `{splits['vote']}`, choice on \
+{splits['validation']}{test}; output: {rebase['output']}.{won}
+`gradfix run recipe.yaml -o OUT` reruns it (`recipe.yaml` in this folder).
+
+"""
+
+
 def _model_name(model: dict) -> str:
     return model.get("repo_id") or model["path"]
 
@@ -152,7 +177,9 @@ def write_model_card(folder: Path, report: dict, recipe_yaml: str, pipeline_tag:
     tasks = _tasks(report)
     settings = ", ".join(f"{k}: `{v}`" for k, v in method.items() if k not in ("name", "alpha"))
 
-    if len(tasks) == 1:
+    if report.get("rebase"):
+        title = f"`{_model_name(source_ft)}` rebased onto `{_model_name(target)}`"
+    elif len(tasks) == 1:
         title = f"GradFix transport of `{_model_name(source_ft)}` onto `{_model_name(target)}`"
     else:
         title = f"GradFix `{method['name']}` merge of {len(tasks)} task vectors onto `{_model_name(target)}`"
@@ -177,7 +204,7 @@ pre-trained models, masked coordinate by coordinate with GradFix
 - kept fraction: {totals['kept_fraction']:.4f} of all transported coordinates changed
 - made with gradfix_hf {report['library_version']}
 {_lora_section(report)}
-## Results
+{_rebase_section(report)}## Results
 
 {_results_table(report.get('evaluation'))}
 

@@ -18,6 +18,8 @@ from ..storage.destinations import check_not_an_input
 
 REPORT_NAME = "gradfix_report.json"
 RECIPE_NAME = "gradfix_recipe.yaml"
+#: the recipe a `gradfix rebase` built and ran (method auto unresolved; RECIPE_NAME holds its resolved form)
+REBASE_RECIPE_NAME = "recipe.yaml"
 
 
 def is_output_folder(path: Path) -> bool:

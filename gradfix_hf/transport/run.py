@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+import yaml
 
 from ..errors import GradFixError
 from ..hub import ResolvedModel, pinned_reference
@@ -27,12 +28,15 @@ from .destination import run_destination
 from .evaluation import evaluate_methods
 from .inputs import as_recipe, recipe_inputs, resolved_inputs
 from .model_card import write_model_card
-from .output_folder import RECIPE_NAME, atomic_folder, check_destination, write_report
+from .output_folder import REBASE_RECIPE_NAME, RECIPE_NAME, atomic_folder, check_destination, write_report
 from .prepare import PreparedRun, prepare
 from .recipe_votes import recipe_votes
 from .result import TransportResult
 from .scores import TEST, VALIDATION
 
+#: the first lines of a rebase's recipe.yaml
+REBASE_RECIPE_HEADER = ("# The recipe `gradfix rebase` inferred and ran (method auto: the validation split chooses).\n"
+                        "# Rerun it with: gradfix run recipe.yaml -o OUT\n")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -56,14 +60,15 @@ def _check_tasks_line_up(prepared: list[PreparedRun]) -> None:
 
 def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = None, *,
                votes: Optional[Union[str, os.PathLike]] = None, dry_run: bool = False, overwrite: bool = False,
-               token: Optional[str] = None, progress: bool = True, force: bool = False
-               ) -> Union[TransportResult, dict, None]:
+               token: Optional[str] = None, progress: bool = True, force: bool = False,
+               rebase: Optional[dict] = None) -> Union[TransportResult, dict, None]:
     """Run ``recipe``; returns a :class:`TransportResult` (or, with ``dry_run``, the checked plan as a dict).
 
     The output folder is ``output_dir``, else the recipe's ``output.path``; a run without either is refused before
     any work (a dry run writes nothing and needs none). ``overwrite`` replaces a previous gradfix output folder
     there (never anything else); ``force`` uses a votes file recorded for another target anyway (α outside (0, 1]
-    is ``method.force``).
+    is ``method.force``). ``rebase`` (what ``gradfix rebase`` inferred) goes into the report and the model card,
+    and the folder then also holds ``recipe.yaml``, the recipe it inferred (``method: auto`` unresolved).
 
     Under a launcher with several processes, all of them compute the votes (each its shard of the samples,
     see :func:`compute_recipe_votes`); then the main process alone evaluates, merges and writes the output
@@ -98,7 +103,8 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
             method = runs[0].recipe.method
             job = MergeJob([run.plan for run in runs], vote_files, method.method, method.parameters,
                            float(method.alpha), [run.task.weight for run in runs])
-            return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice)
+            return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice,
+                               rebase=rebase)
 
         return on_main_process(process_context(), finish)
 
@@ -137,7 +143,7 @@ def _modules_to_save(prepared: list[PreparedRun], requested: Optional[list[str]]
 
 def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional[Union[str, os.PathLike]],
                 destination: Path, overwrite: bool, progress: bool, started: float,
-                auto: Optional[dict] = None) -> TransportResult:
+                auto: Optional[dict] = None, rebase: Optional[dict] = None) -> TransportResult:
     """Evaluation, streaming merge and the output folder (one process)."""
     head = prepared[0]
     recipe = head.recipe
@@ -160,6 +166,9 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
         _copy_generation_config(target, tmp)
         recipe_yaml = recipe.to_yaml()
         (tmp / RECIPE_NAME).write_text(recipe_yaml)
+        if rebase is not None:  # the recipe `gradfix rebase` built: `gradfix run OUT/recipe.yaml` reproduces it
+            (tmp / REBASE_RECIPE_NAME).write_text(REBASE_RECIPE_HEADER + yaml.safe_dump(rebase["recipe"],
+                                                                                       sort_keys=False))
         tasks = [_task_report(run, v, w) for run, v, w in zip(prepared, job.votes, job.weights)]
         if votes_path and tasks[0]["votes"] is not None:
             tasks[0]["votes"]["file"] = pinned_reference(str(votes_path))
@@ -177,6 +186,7 @@ def _finish_run(prepared: list[PreparedRun], job: MergeJob, votes_path: Optional
             "per_tensor": per_tensor,
             "evaluation": evaluation,
             "auto": auto,
+            **({"rebase": {k: v for k, v in rebase.items() if k != "recipe"}} if rebase else {}),
             "seconds": round(time.time() - started, 3),
         }
         if lora is not None:
