@@ -77,6 +77,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--few-shot-steps", type=int, nargs="+", default=[1, 10])
     p.add_argument("--few-shot-lr", type=float, nargs="+", default=[1e-5, 1e-4],
                    help="one learning rate per --few-shot-steps entry (the paper's 1 step uses 1e-5)")
+    p.add_argument("--align", default="none", choices=("none", "weight-matching"),
+                   help="permute θ_A's FFN units and heads onto θ_B's before τ_A is taken (recipe key align)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot-dir", type=Path)
@@ -137,7 +139,7 @@ def recipe_for(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int,
             "evaluation": {"split": "validation", "test_split": "test", "alphas": list(args.alphas),
                            "metrics": ["accuracy", "f1"], "few_shot_steps": few_shot[0], "few_shot_lr": few_shot[1]},
             "method": {"name": "auto", "candidates": candidates},
-            "votes_cache": str(args.work / "votes")}
+            "votes_cache": str(args.work / "votes"), "align": args.align}
 
 
 # --------------------------------------------------------------------------------------------------- one run

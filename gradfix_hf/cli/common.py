@@ -21,7 +21,7 @@ def load_recipe(args: argparse.Namespace):
     overrides: dict = {}
     if getattr(args, "allow_pickle", False):
         overrides["allow_pickle"] = True
-    for key in ("vote_engine", "vote_batch_size", "vote_dtype", "vote_sharding", "vote_shard_size"):
+    for key in ("vote_engine", "vote_batch_size", "vote_dtype", "vote_sharding", "vote_shard_size", "align"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     method = {k: v for k, v in (("alpha", getattr(args, "alpha", None)), ("mask", getattr(args, "mask", None)))

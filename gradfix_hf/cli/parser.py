@@ -24,6 +24,9 @@ def add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vote-sharding", choices=("auto", "samples", "fsdp"), help="several processes: replicate "
                         "θ_B (samples) or shard it with FSDP2 (fsdp; auto: under accelerate launch --use_fsdp)")
     parser.add_argument("--vote-shard-size", type=int, help="processes per copy of θ_B (fsdp; default: a node)")
+    parser.add_argument("--align", choices=("none", "weight-matching"),
+                        help="permute θ_A's hidden units and heads onto θ_B's before τ_A is taken (weight-matching: "
+                             "a new release trained from scratch; needs scipy)")
 
 
 def build_parser() -> argparse.ArgumentParser:

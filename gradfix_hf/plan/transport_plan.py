@@ -25,6 +25,8 @@ from ..errors import CompatibilityError
 from ..hub import ResolvedModel
 from ..lora import LoraAdapterReader, module_kinds
 from ..storage import CheckpointReader, align_names, tensors_fingerprint
+from .alignment import PermutedReader, weight_matching
+from .alignment import summary as alignment_summary
 from .layout import TargetLayout
 from .roles import ADAPTER_BASES, SOURCE, SOURCE_FT, TARGET, TARGET_FT
 from .vocabulary import AlignedRowsReader, VocabularyAlignment
@@ -46,6 +48,8 @@ class TransportPlan:
     unmoved: Optional[list[str]] = None
     #: θ_B's vocabulary lined up with θ_A's by token string (None: the same token ids)
     vocabulary: Optional[VocabularyAlignment] = None
+    #: ``align: weight-matching``: each group's match quality (None: no alignment)
+    alignment: Optional[dict] = None
 
     def tensor(self, role: str, name: str) -> torch.Tensor:
         """A float32 tensor of ``role`` under the target's name ``name``."""
@@ -72,17 +76,19 @@ class TransportPlan:
         return {"transported": len(self.transported), "unmoved": None if self.unmoved is None else len(self.unmoved),
                 "copied_from_finetune": self.copied_from_finetune,
                 "from_target": len(self.from_target), "ignored": {k: v for k, v in self.ignored.items() if v},
-                **({"vocabulary": self.vocabulary.summary()} if self.vocabulary is not None else {})}
+                **({"vocabulary": self.vocabulary.summary()} if self.vocabulary is not None else {}),
+                **({"alignment": self.alignment} if self.alignment is not None else {})}
 
 
 def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, check_values: bool = True,
                    transported_prefixes: Optional[tuple[str, ...]] = None,
-                   vocabulary: Optional[VocabularyAlignment] = None) -> TransportPlan:
+                   vocabulary: Optional[VocabularyAlignment] = None, align: str = "none") -> TransportPlan:
     """Line up every checkpoint with the target layout, or raise naming the tensor, model and reason.
 
     ``transported_prefixes`` (an objective's choice, e.g. CLIP's vision tower): only parameters under these
     names are transported; every other parameter is θ_B's, unchanged (and needs only θ_B to have it).
-    ``vocabulary``: θ_A's and θ_A^ft's token rows are read in θ_B's order (:mod:`.vocabulary`).
+    ``vocabulary``: θ_A's and θ_A^ft's token rows are read in θ_B's order (:mod:`.vocabulary`). ``align:
+    weight-matching``: their hidden units and heads too, permuted onto θ_B's (:mod:`.alignment`).
     """
     readers = {role: CheckpointReader(m) for role, m in models.items() if not m.is_adapter}
     if any(m.is_adapter for m in models.values()):  # θ_A + the adapter's merged delta, tensor by tensor
@@ -97,7 +103,16 @@ def plan_transport(models: dict[str, ResolvedModel], layout: TargetLayout, *, ch
             rows = {keys[role][n]: keys[TARGET][n] for n in layout.vocabulary_rows
                     if n in keys[role] and n in keys[TARGET]}
             readers[role] = AlignedRowsReader(readers[role], vocabulary, rows, readers[TARGET])
-    plan = TransportPlan(layout=layout, readers=readers, keys=keys, vocabulary=vocabulary)
+    alignment = None
+    if align == "weight-matching":  # θ_A's units permuted onto θ_B's, one layer's group at a time
+        permutations, quality = weight_matching(names, layout.config.model_type, layout.config, readers[SOURCE],
+                                                readers[TARGET], keys[SOURCE], keys[TARGET])
+        for role in (SOURCE, SOURCE_FT):  # θ_A^ft's keys name the same tensors as θ_A's
+            moved = {keys[role][n]: permutations[keys[SOURCE][n]] for n in names
+                     if n in keys[SOURCE] and keys[SOURCE][n] in permutations and n in keys[role]}
+            readers[role] = PermutedReader(readers[role], moved)
+        alignment = alignment_summary(quality)
+    plan = TransportPlan(layout=layout, readers=readers, keys=keys, vocabulary=vocabulary, alignment=alignment)
     expected = layout.shapes
     for name in names:
         present = {role for role in readers if name in keys[role]}

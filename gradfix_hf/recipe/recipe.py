@@ -31,6 +31,8 @@ VOTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: how several processes share a vote: ``samples`` (θ_B replicated, samples split), ``fsdp`` (θ_B sharded with
 #: FSDP2, samples split too); ``auto`` = fsdp under ``accelerate launch --use_fsdp``, else samples
 VOTE_SHARDINGS = ("auto", "samples", "fsdp")
+#: permute θ_A and θ_A^ft into θ_B's basis before the vote and the merge (gradfix_hf/plan/alignment.py)
+ALIGNMENTS = ("none", "weight-matching")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class Recipe:
     vote_shard_size: int = 0
     #: recompute each block in the vote's backward instead of keeping its activations (long rows)
     vote_gradient_checkpointing: bool = False
+    #: ``weight-matching``: θ_A's hidden units and heads permuted onto θ_B's before τ_A is taken (a new release
+    #: trained from scratch); ``none``: coordinates as they are
+    align: str = "none"
 
     WHERE = ""  # top-level keys are named bare: trust_remote_code, vote_batch_size
 
@@ -84,6 +89,7 @@ class Recipe:
         check_choice(self.vote_engine, VOTE_ENGINES, "vote_engine")
         check_choice(self.vote_dtype, VOTE_DTYPES, "vote_dtype")
         check_choice(self.vote_sharding, VOTE_SHARDINGS, "vote_sharding")
+        check_choice(self.align, ALIGNMENTS, "align")
         if isinstance(self.vote_shard_size, bool) or not isinstance(self.vote_shard_size, int) \
                 or self.vote_shard_size < 0:
             raise RecipeError(f"vote_shard_size: must be a positive integer (or 0: the processes of one node), got "

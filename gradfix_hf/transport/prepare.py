@@ -127,7 +127,7 @@ def prepare(recipe: Recipe, task: Optional[ResolvedTask] = None, *, token: Optio
     auto_class = recipe.model_class or objective_cls.auto_class_name
     config = task_config(configs[TARGET], configs[SOURCE_FT], recipe.objective)
     layout = build_layout(auto_class, config, trust)
-    plan = plan_transport(models, layout, check_values=check_values, vocabulary=vocabulary,
+    plan = plan_transport(models, layout, check_values=check_values, vocabulary=vocabulary, align=recipe.align,
                           transported_prefixes=getattr(objective_cls, "transported_prefixes", None))
 
     objective = samples = eval_samples = test_samples = None

@@ -1,0 +1,94 @@
+"""Which coordinates of an architecture may be permuted without changing what the model computes: data, per
+``model_type``, read by the weight matching of :mod:`.alignment`.
+
+A *group* is a set of tensors of one layer that share one permutation of *units* along an axis: the hidden units of
+a feed-forward block (rows of its input projections, columns of its output projection), or the attention heads
+(blocks of rows of Q, K, V; blocks of columns of the output projection). A tensor entry is ``(suffix, axis,
+sections)``: the tensor named ``<layer prefix><suffix>`` is cut along ``axis`` into ``sections`` equal parts
+(GPT-2's fused ``c_attn`` holds Q, K and V: 3 sections), each part into one block per unit, and every part is
+permuted alike. A group's unit count is a config field (the heads) or, when ``units`` is None, the length of its
+first tensor's axis (one unit per hidden neuron). With grouped-query attention the units are the key/value heads:
+the query heads of a group move with their key/value head, so the blocks of ``q_proj`` are a whole group's rows.
+Rotary embeddings pair dimensions inside a head, which stays whole: only whole heads move. The residual stream,
+embeddings and norms are never permuted here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import CompatibilityError
+
+
+@dataclass(frozen=True)
+class PermutationGroup:
+    """Tensors of one layer sharing one permutation of ``units`` (a config field, or None: one per index)."""
+
+    name: str
+    tensors: tuple[tuple[str, int, int], ...]  # (suffix, axis, sections)
+    units: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ArchitectureRules:
+    """The layers of an architecture (a regex whose match is a layer's name prefix) and their groups."""
+
+    layer: str
+    groups: tuple[PermutationGroup, ...]
+
+
+_BERT_HEADS = tuple((f"attention.self.{m}.{p}", 0, 1) for m in ("query", "key", "value") for p in ("weight", "bias"))
+_LLAMA_FFN = PermutationGroup("ffn", (("mlp.gate_proj.weight", 0, 1), ("mlp.up_proj.weight", 0, 1),
+                                      ("mlp.down_proj.weight", 1, 1)))
+_LLAMA_HEADS = (("self_attn.q_proj.weight", 0, 1), ("self_attn.k_proj.weight", 0, 1),
+                ("self_attn.v_proj.weight", 0, 1), ("self_attn.o_proj.weight", 1, 1))
+
+RULES: dict[str, ArchitectureRules] = {
+    "bert": ArchitectureRules(r".*encoder\.layer\.\d+\.", (
+        PermutationGroup("ffn", (("intermediate.dense.weight", 0, 1), ("intermediate.dense.bias", 0, 1),
+                                 ("output.dense.weight", 1, 1))),
+        PermutationGroup("heads", _BERT_HEADS + (("attention.output.dense.weight", 1, 1),), "num_attention_heads"),
+    )),
+    "gpt2": ArchitectureRules(r".*\bh\.\d+\.", (  # Conv1D weights are (in, out)
+        PermutationGroup("ffn", (("mlp.c_fc.weight", 1, 1), ("mlp.c_fc.bias", 0, 1), ("mlp.c_proj.weight", 0, 1))),
+        PermutationGroup("heads", (("attn.c_attn.weight", 1, 3), ("attn.c_attn.bias", 0, 3),
+                                   ("attn.c_proj.weight", 0, 1)), "n_head"),
+    )),
+    "llama": ArchitectureRules(r".*\blayers\.\d+\.", (
+        _LLAMA_FFN, PermutationGroup("heads", _LLAMA_HEADS, "num_key_value_heads"))),
+    "qwen2": ArchitectureRules(r".*\blayers\.\d+\.", (
+        _LLAMA_FFN, PermutationGroup("heads", _LLAMA_HEADS + tuple((f"self_attn.{m}_proj.bias", 0, 1)
+                                                                    for m in "qkv"), "num_key_value_heads"))),
+}
+
+
+def rules_for(model_type: str) -> ArchitectureRules:
+    """The permutation rules of ``model_type``, or an error naming the architectures that have some."""
+    if model_type not in RULES:
+        raise CompatibilityError(f"align: weight-matching has no permutation rules for model_type {model_type!r} "
+                                 f"(it has rules for {', '.join(sorted(RULES))}); run without align.")
+    return RULES[model_type]
+
+
+def layer_groups(names: list[str], model_type: str) -> list[tuple[str, PermutationGroup, list[tuple[str, int, int]]]]:
+    """Every (layer prefix, group, [(full name, axis, sections)]) of ``names`` (a layout's parameter names) whose
+    tensors are all present; a group with only some of its tensors present is an error (the permutation would
+    leave the model's function changed)."""
+    rules = rules_for(model_type)
+    prefixes = sorted({m.group(0) for name in names if (m := re.match(rules.layer, name))},
+                      key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)])
+    present = set(names)
+    out = []
+    for prefix in prefixes:
+        for group in rules.groups:
+            tensors = [(prefix + suffix, axis, sections) for suffix, axis, sections in group.tensors]
+            found = [t for t in tensors if t[0] in present]
+            if not found:
+                continue
+            if len(found) != len(tensors):
+                missing = [t[0] for t in tensors if t[0] not in present]
+                raise CompatibilityError(f"align: the {group.name} of {prefix.rstrip('.')} lacks {missing}: its "
+                                         "units cannot be permuted without changing the model.")
+            out.append((prefix, group, tensors))
+    return out
