@@ -107,6 +107,14 @@ def _read_json(path: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def adapter_facts(folder: Path) -> Optional[dict]:
+    """``{"r", "task_type"}`` of a PEFT adapter's config in ``folder``; None for a full model."""
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    raw = _read_json(folder / "adapter_config.json")
+    return {"r": raw.get("r"), "task_type": raw.get("task_type")}
+
+
 def model_family(finetuned_folder: Path, base_folder: Optional[Path], finetuned: str) -> Inferred:
     """classifier | causal | seq2seq: from a LoRA adapter's ``task_type``, else the fine-tune's architecture."""
     adapter = _read_json(finetuned_folder / "adapter_config.json")

@@ -11,24 +11,14 @@ from typing import Optional
 
 from ..errors import RecipeError
 from ..recipe import ModelRef
-from .inference import (Inferred, RebaseInference, RebaseOptions, choose_splits, infer_base, infer_objective,
-                        label_words, model_family)
+from .inference import (Inferred, RebaseInference, RebaseOptions, adapter_facts, choose_splits, infer_base,
+                        infer_objective, label_words, model_family)
 
 #: vote samples when the user gives none: N rows of SFT data, or K per class of labelled data
 DEFAULT_ROWS = 32
 DEFAULT_PER_CLASS = 8
 #: objectives whose label is a word the model writes (they need data.label_words)
 TEXT_TO_TEXT = ("seq2seq", "causal-lm")
-
-
-def _adapter_facts(folder) -> Optional[dict]:
-    import json
-
-    path = folder / "adapter_config.json"
-    if not path.is_file():
-        return None
-    raw = json.loads(path.read_text())
-    return {"r": raw.get("r"), "task_type": raw.get("task_type")}
 
 
 def _absolute(reference: str) -> str:
@@ -52,7 +42,7 @@ def infer_rebase(finetuned: str, onto: str, data: str, options: RebaseOptions = 
     ft_folder, _ = model_metadata(ModelRef(finetuned), role="finetuned", token=token)
     base = infer_base(ft_folder, finetuned, options.base)
     base.value = _absolute(base.value)
-    adapter = _adapter_facts(ft_folder)
+    adapter = adapter_facts(ft_folder)
     base_folder = model_metadata(ModelRef(base.value), role="base", token=token)[0]
     onto_folder = model_metadata(ModelRef(onto), role="onto", token=token)[0]
     family = model_family(ft_folder, base_folder, finetuned)
