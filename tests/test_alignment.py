@@ -1,8 +1,9 @@
 """``align: weight-matching``: θ_A and θ_A^ft permuted into θ_B's basis before τ_A is taken (gradfix_hf/plan/
 alignment.py, rules in permutations.py).
 
-θ_B here is θ_A with every layer's feed-forward units and attention heads shuffled (key/value heads with their query
-groups under grouped-query attention): the same function in other coordinates, which the test checks first — so the
+θ_B here is θ_A with its residual stream (embeddings, norms, every projection's residual side) and every layer's
+feed-forward units and attention heads shuffled (key/value heads with their query groups under grouped-query
+attention): the same function in other coordinates, which the test checks first — so the
 rules are a true symmetry of each architecture. Weight matching must then find the permutation exactly: naive
 addition after alignment gives θ_B + P(τ_A) = P(θ_A^ft), the fine-tune itself in θ_B's coordinates, which computes
 what θ_A^ft computes; without alignment it does not.
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from gradfix_hf import Recipe, run_recipe
 from gradfix_hf.errors import CompatibilityError, RecipeError
 from gradfix_hf.plan.alignment import block_index
-from gradfix_hf.plan.permutations import layer_groups
+from gradfix_hf.plan.permutations import layer_groups, residual_tensors
 
 VOCAB = 40
 
@@ -33,12 +34,17 @@ def tiny(kind: str):
         num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False))
 
 
-def permuted_copy(model, seed: int):
-    """``model`` with every group's units in a random order (the rules' own symmetry), and the orders used."""
+def permuted_copy(model, seed: int, residual: bool = True):
+    """``model`` with its residual stream and every group's units in a random order (the rules' own symmetry), and
+    the orders used."""
     generator = torch.Generator().manual_seed(seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     config = model.config
     orders = {}
+    if residual:
+        orders["residual"] = stream = torch.randperm(config.hidden_size, generator=generator)
+        for name, axis in residual_tensors(list(state), config.model_type):
+            state[name] = state[name].index_select(axis, stream)
     for prefix, group, entries in layer_groups(list(state), config.model_type):
         first = state[entries[0][0]].shape[entries[0][1]] // entries[0][2]
         units = first if group.units is None else getattr(config, group.units, None) or config.num_attention_heads
@@ -87,7 +93,7 @@ def test_weight_matching_recovers_a_permuted_release_exactly(kind, tmp_path):
     assert alignment["groups"] == len(orders) and alignment["moved_units"] > 0
     for group, quality in alignment["per_group"].items():
         assert quality["moved"] == int((orders[group] != torch.arange(len(orders[group]))).sum())
-        assert quality["cosine_after"] == pytest.approx(1.0, abs=1e-5) and quality["cosine_before"] < 0.9
+        assert quality["cosine_after"] == pytest.approx(1.0, abs=1e-5) and quality["cosine_before"] < 0.9999
 
     run_recipe(Recipe.from_dict(recipe), tmp_path / "plain", progress=False)  # without alignment: not θ_A^ft
     plain = load_file(tmp_path / "plain" / "model.safetensors")
@@ -103,3 +109,22 @@ def test_alignment_bad_input(trios, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(RecipeError, match="align"):
         Recipe.from_dict({**recipe, "align": "weight_matching"})
+
+
+def test_a_close_pair_is_left_as_it_is(tmp_path):
+    """θ_B = θ_A plus a small drift (a continued training): weight matching moves no unit, and the result is the
+    unaligned run's, bit for bit."""
+    torch.manual_seed(0)
+    source, finetuned, target = tiny("llama"), tiny("llama"), tiny("llama")
+    with torch.no_grad():
+        for a, ft, b in zip(source.parameters(), finetuned.parameters(), target.parameters()):
+            ft.copy_(a + 0.05 * torch.randn_like(a))
+            b.copy_(a + 0.01 * torch.randn_like(a))
+    for name, model in (("source", source), ("source_finetuned", finetuned), ("target", target)):
+        model.save_pretrained(tmp_path / name)
+    recipe = {"objective": "causal-lm", "method": {"mask": "naive", "alpha": 1.0},
+              "models": {r: str(tmp_path / r) for r in ("source", "source_finetuned", "target")}}
+    aligned = run_recipe(Recipe.from_dict({**recipe, "align": "weight-matching"}), tmp_path / "a", progress=False)
+    run_recipe(Recipe.from_dict(recipe), tmp_path / "b", progress=False)
+    assert aligned.report["tensors"]["alignment"]["moved_units"] == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()

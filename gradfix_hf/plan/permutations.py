@@ -9,8 +9,10 @@ sections)``: the tensor named ``<layer prefix><suffix>`` is cut along ``axis`` i
 permuted alike. A group's unit count is a config field (the heads) or, when ``units`` is None, the length of its
 first tensor's axis (one unit per hidden neuron). With grouped-query attention the units are the key/value heads:
 the query heads of a group move with their key/value head, so the blocks of ``q_proj`` are a whole group's rows.
-Rotary embeddings pair dimensions inside a head, which stays whole: only whole heads move. The residual stream,
-embeddings and norms are never permuted here.
+Rotary embeddings pair dimensions inside a head, which stays whole: only whole heads move. The *residual stream*
+is one more permutation, shared by every layer: ``residual`` lists the tensors with an axis along it (embeddings'
+columns, norms, every projection's residual side); LayerNorm and RMSNorm act on each dimension alone, so permuting
+them with the stream leaves the function unchanged.
 """
 from __future__ import annotations
 
@@ -32,10 +34,12 @@ class PermutationGroup:
 
 @dataclass(frozen=True)
 class ArchitectureRules:
-    """The layers of an architecture (a regex whose match is a layer's name prefix) and their groups."""
+    """The layers of an architecture (a regex whose match is a layer's name prefix), their groups, and the
+    tensors along the residual stream: ``(name regex, axis)``, matched against the end of a parameter's name."""
 
     layer: str
     groups: tuple[PermutationGroup, ...]
+    residual: tuple[tuple[str, int], ...] = ()
 
 
 _BERT_HEADS = tuple((f"attention.self.{m}.{p}", 0, 1) for m in ("query", "key", "value") for p in ("weight", "bias"))
@@ -44,22 +48,35 @@ _LLAMA_FFN = PermutationGroup("ffn", (("mlp.gate_proj.weight", 0, 1), ("mlp.up_p
 _LLAMA_HEADS = (("self_attn.q_proj.weight", 0, 1), ("self_attn.k_proj.weight", 0, 1),
                 ("self_attn.v_proj.weight", 0, 1), ("self_attn.o_proj.weight", 1, 1))
 
+_BERT_RESIDUAL = (
+    (r"embeddings\.(word|position|token_type)_embeddings\.weight", 1), (r"LayerNorm\.(weight|bias)", 0),
+    (r"attention\.self\.(query|key|value)\.weight", 1), (r"(attention\.)?output\.dense\.(weight|bias)", 0),
+    (r"intermediate\.dense\.weight", 1), (r"pooler\.dense\.weight", 1))
+_GPT2_RESIDUAL = (  # Conv1D weights are (in, out)
+    (r"wte\.weight", 1), (r"wpe\.weight", 1), (r"ln_(1|2|f)\.(weight|bias)", 0), (r"(c_attn|c_fc)\.weight", 0),
+    (r"c_proj\.weight", 1), (r"c_proj\.bias", 0), (r"score\.weight", 1), (r"lm_head\.weight", 1))
+_LLAMA_RESIDUAL = (
+    (r"embed_tokens\.weight", 1), (r"(input_layernorm|post_attention_layernorm|norm)\.weight", 0),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight", 1), (r"(o_proj|down_proj)\.weight", 0),
+    (r"(lm_head|score)\.weight", 1))
+
 RULES: dict[str, ArchitectureRules] = {
     "bert": ArchitectureRules(r".*encoder\.layer\.\d+\.", (
         PermutationGroup("ffn", (("intermediate.dense.weight", 0, 1), ("intermediate.dense.bias", 0, 1),
                                  ("output.dense.weight", 1, 1))),
         PermutationGroup("heads", _BERT_HEADS + (("attention.output.dense.weight", 1, 1),), "num_attention_heads"),
-    )),
+    ), _BERT_RESIDUAL),
     "gpt2": ArchitectureRules(r".*\bh\.\d+\.", (  # Conv1D weights are (in, out)
         PermutationGroup("ffn", (("mlp.c_fc.weight", 1, 1), ("mlp.c_fc.bias", 0, 1), ("mlp.c_proj.weight", 0, 1))),
         PermutationGroup("heads", (("attn.c_attn.weight", 1, 3), ("attn.c_attn.bias", 0, 3),
                                    ("attn.c_proj.weight", 0, 1)), "n_head"),
-    )),
+    ), _GPT2_RESIDUAL),
     "llama": ArchitectureRules(r".*\blayers\.\d+\.", (
-        _LLAMA_FFN, PermutationGroup("heads", _LLAMA_HEADS, "num_key_value_heads"))),
+        _LLAMA_FFN, PermutationGroup("heads", _LLAMA_HEADS, "num_key_value_heads")), _LLAMA_RESIDUAL),
     "qwen2": ArchitectureRules(r".*\blayers\.\d+\.", (
         _LLAMA_FFN, PermutationGroup("heads", _LLAMA_HEADS + tuple((f"self_attn.{m}_proj.bias", 0, 1)
-                                                                    for m in "qkv"), "num_key_value_heads"))),
+                                                                    for m in "qkv"), "num_key_value_heads")),
+        _LLAMA_RESIDUAL),
 }
 
 
@@ -91,4 +108,16 @@ def layer_groups(names: list[str], model_type: str) -> list[tuple[str, Permutati
                 raise CompatibilityError(f"align: the {group.name} of {prefix.rstrip('.')} lacks {missing}: its "
                                          "units cannot be permuted without changing the model.")
             out.append((prefix, group, tensors))
+    return out
+
+
+def residual_tensors(names: list[str], model_type: str) -> list[tuple[str, int]]:
+    """Every ``(name, axis)`` of ``names`` whose ``axis`` runs along the residual stream (the first rule that
+    matches the end of the name says which axis)."""
+    rules = rules_for(model_type).residual
+    out = []
+    for name in names:
+        axis = next((axis for pattern, axis in rules if re.search(rf"(^|\.){pattern}$", name)), None)
+        if axis is not None:
+            out.append((name, axis))
     return out
