@@ -77,8 +77,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--few-shot-steps", type=int, nargs="+", default=[1, 10])
     p.add_argument("--few-shot-lr", type=float, nargs="+", default=[1e-5, 1e-4],
                    help="one learning rate per --few-shot-steps entry (the paper's 1 step uses 1e-5)")
+    p.add_argument("--permute", type=int, metavar="SEED",
+                   help="θ_B (and θ_B^ft) with its residual stream, FFN units and heads in a random order drawn with "
+                        "SEED: the same function in other coordinates, the regime of a release trained from scratch")
     p.add_argument("--align", default="none", choices=("none", "weight-matching"),
-                   help="permute θ_A's FFN units and heads onto θ_B's before τ_A is taken (recipe key align)")
+                   help="permute θ_A's residual stream, FFN units and heads onto θ_B's before τ_A is taken "
+                        "(recipe key align)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot-dir", type=Path)
@@ -124,8 +128,29 @@ def build_pair(args: argparse.Namespace, train: dict, label_names: list[str]) ->
                                                       **tune)
     records["target_finetuned"] = finetune_classifier(target_ft, target, train["text"], train["label"],
                                                       label_names, **tune)
+    if args.permute is not None:  # one random symmetry for θ_B and its fine-tune (the oracle computes as before)
+        target, target_ft = (permuted_copy(folder, models / f"{folder.name}-permuted-{args.permute}", args.permute)
+                             for folder in (target, target_ft))
     return {"source": source, "source_finetuned": source_ft, "target": target, "target_finetuned": target_ft,
             "training": records}
+
+
+def permuted_copy(folder: Path, out: Path, seed: int) -> Path:
+    """``folder``'s model with :func:`gradfix_hf.plan.permutations.random_symmetry` applied (cached in ``out``)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from gradfix_hf.plan.permutations import permute_state_dict, random_symmetry
+
+    if (out / "model.safetensors").is_file():
+        return out
+    config = transformers.AutoConfig.from_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    permuted = permute_state_dict(state, config, random_symmetry(state, config, seed))
+    shutil.copytree(folder, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
+    save_file({k: v.contiguous() for k, v in permuted.items()}, out / "model.safetensors", metadata={"format": "pt"})
+    return out
 
 
 def recipe_for(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, seed: int,

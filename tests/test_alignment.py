@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from gradfix_hf import Recipe, run_recipe
 from gradfix_hf.errors import CompatibilityError, RecipeError
-from gradfix_hf.plan.alignment import block_index
-from gradfix_hf.plan.permutations import layer_groups, residual_tensors
+from gradfix_hf.plan.permutations import permute_state_dict, random_symmetry
 
 VOCAB = 40
 
@@ -34,28 +33,12 @@ def tiny(kind: str):
         num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False))
 
 
-def permuted_copy(model, seed: int, residual: bool = True):
+def permuted_copy(model, seed: int):
     """``model`` with its residual stream and every group's units in a random order (the rules' own symmetry), and
     the orders used."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    config = model.config
-    orders = {}
-    if residual:
-        orders["residual"] = stream = torch.randperm(config.hidden_size, generator=generator)
-        for name, axis in residual_tensors(list(state), config.model_type):
-            state[name] = state[name].index_select(axis, stream)
-    for prefix, group, entries in layer_groups(list(state), config.model_type):
-        first = state[entries[0][0]].shape[entries[0][1]] // entries[0][2]
-        units = first if group.units is None else getattr(config, group.units, None) or config.num_attention_heads
-        order = torch.randperm(units, generator=generator)
-        if (order == torch.arange(units)).all():  # two key/value heads: make sure they move
-            order = order.roll(1)
-        orders[prefix + group.name] = order
-        for name, axis, sections in entries:
-            state[name] = state[name].index_select(axis, block_index(state[name].shape[axis], sections, units, order))
-    copy = type(model)(config)
-    copy.load_state_dict(state)
+    orders = random_symmetry(model.state_dict(), model.config, seed)
+    copy = type(model)(model.config)
+    copy.load_state_dict(permute_state_dict(model.state_dict(), model.config, orders))
     return copy.eval(), orders
 
 
@@ -91,8 +74,10 @@ def test_weight_matching_recovers_a_permuted_release_exactly(kind, tmp_path):
     torch.testing.assert_close(logits(result.model.eval(), ids), logits(finetuned, ids), atol=1e-4, rtol=1e-4)
     alignment = result.report["tensors"]["alignment"]
     assert alignment["groups"] == len(orders) and alignment["moved_units"] > 0
+    moved = {key: int((order != torch.arange(len(order))).sum()) for key, order in orders.items()}
+    assert sorted(q["moved"] for q in alignment["per_group"].values()) == sorted(moved.values())
+    assert alignment["per_group"]["residual"]["moved"] == moved["residual"]
     for group, quality in alignment["per_group"].items():
-        assert quality["moved"] == int((orders[group] != torch.arange(len(orders[group]))).sum())
         assert quality["cosine_after"] == pytest.approx(1.0, abs=1e-5) and quality["cosine_before"] < 0.9999
 
     run_recipe(Recipe.from_dict(recipe), tmp_path / "plain", progress=False)  # without alignment: not θ_A^ft

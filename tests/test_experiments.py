@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import transformers
@@ -39,15 +40,17 @@ def inputs(tmp_path_factory):
     return root
 
 
-def run_script(inputs: Path, work: Path, pair: str) -> dict:
-    out = work / f"{pair}.json"
+def run_script(inputs: Path, work: Path, pair: str, extra: tuple = (), name: Optional[str] = None) -> dict:
+    """The script at a tiny size; ``extra`` arguments come last (argparse keeps the last of a repeated option)."""
+    name = name or pair
+    out = work / f"{name}.json"
     command = [sys.executable, str(SCRIPT), "--tiny", "--pair", pair, "--task-csv", str(inputs / "toy.csv"),
                "--source", str(inputs / "source"), "--corpus-files", str(inputs / "first.txt"),
                str(inputs / "second.txt"), "--work", str(work), "--shots", "1", "4", "--seeds", "0", "1",
                "--alphas", "0.5", "1.0", "--validation", "40", "--test", "60", "--max-length", "32",
                "--mlm-steps", "40", "--scratch-steps", "40", "--mlm-lr", "3e-3", "--finetune-epochs", "6", "--finetune-lr", "2e-3",
                "--few-shot-steps", "1", "3", "--few-shot-lr", "1e-5", "1e-3", "--json", str(out),
-               "--markdown", str(work / f"{pair}.md"), "--plot-dir", str(work / "plots")]
+               "--markdown", str(work / f"{name}.md"), "--plot-dir", str(work / "plots"), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=work)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -91,3 +94,18 @@ def test_tiny_experiment_end_to_end(inputs, tmp_path, pair):
     table = (tmp_path / f"{pair}.md").read_text()
     assert "| GradFix (gradfix, min_margin: 0.25) |" in table and "N = 4" in table
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {f"toy-{pair}-vs-n.png", f"toy-{pair}-vs-alpha.png"}
+
+
+def test_a_permuted_release_aligned_by_weight_matching_scores_as_the_unpermuted_one(inputs, tmp_path):
+    """``--permute 0`` gives θ_B (and θ_B^ft) its residual stream, FFN units and heads in a random order: the oracle
+    computes as before, naive addition alone breaks, and ``--align weight-matching`` recovers the unpermuted pair's
+    naive score exactly (one N and seed; the models are shared through the work folder)."""
+    extra = ["--shots", "2", "--seeds", "0"]
+    plain = run_script(inputs, tmp_path, "continued", extra, name="plain")
+    permuted = run_script(inputs, tmp_path, "continued", [*extra, "--permute", "0"], name="permuted")
+    aligned = run_script(inputs, tmp_path, "continued", [*extra, "--permute", "0", "--align", "weight-matching"],
+                         name="aligned")
+    naive = {name: r["runs"][0]["methods"]["naive"]["test"] for name, r in
+             (("plain", plain), ("permuted", permuted), ("aligned", aligned))}
+    assert naive["aligned"] == naive["plain"] and naive["permuted"] < naive["plain"]
+    assert permuted["reference"]["oracle_finetuned"]["test"] == plain["reference"]["oracle_finetuned"]["test"]

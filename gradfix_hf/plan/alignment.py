@@ -17,29 +17,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..errors import CompatibilityError, GradFixError
-from .permutations import PermutationGroup, layer_groups, residual_tensors
-
-
-def _unit_count(group: PermutationGroup, config, first_length: int, sections: int) -> int:
-    if group.units is None:
-        return first_length // sections
-    units = getattr(config, group.units, None)
-    if group.units == "num_key_value_heads" and units is None:
-        units = getattr(config, "num_attention_heads", None)  # no grouped-query attention: one per head
-    if not isinstance(units, int) or units < 1:
-        raise CompatibilityError(f"align: the config has no {group.units} to count the units of {group.name}.")
-    return units
-
-
-def block_index(length: int, sections: int, units: int, order: torch.Tensor) -> torch.Tensor:
-    """Indices along an axis of ``length`` = sections × units × block that put unit ``order[j]`` at unit ``j``
-    of every section."""
-    if length % (sections * units):
-        raise CompatibilityError(f"align: an axis of {length} does not split into {sections} × {units} units.")
-    block = length // (sections * units)
-    within = torch.arange(block)
-    per_section = (order[:, None] * block + within[None, :]).reshape(-1)
-    return torch.cat([s * units * block + per_section for s in range(sections)])
+from .permutations import block_index, layer_groups, residual_tensors, unit_count
 
 
 def _features(tensors: list[torch.Tensor], entries, units: int) -> torch.Tensor:
@@ -124,7 +102,7 @@ def weight_matching(names: list[str], model_type: str, config, source, target, s
     for prefix, group, entries in groups:
         theirs = [read("b", name) for name, _, _ in entries]
         ours = [read("a", name) for name, _, _ in entries]
-        units = _unit_count(group, config, theirs[0].shape[entries[0][1]], entries[0][2])
+        units = unit_count(group, config, theirs[0].shape[entries[0][1]], entries[0][2])
         features_b, features_a = _features(theirs, entries, units), _features(ours, entries, units)
         order = assign(features_b, features_a)
         for tensor, (name, axis, sections) in zip(theirs, entries):

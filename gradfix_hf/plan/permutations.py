@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from ..errors import CompatibilityError
 
 
@@ -120,4 +122,63 @@ def residual_tensors(names: list[str], model_type: str) -> list[tuple[str, int]]
         axis = next((axis for pattern, axis in rules if re.search(rf"(^|\.){pattern}$", name)), None)
         if axis is not None:
             out.append((name, axis))
+    return out
+
+
+def unit_count(group: PermutationGroup, config, first_length: int, sections: int) -> int:
+    if group.units is None:
+        return first_length // sections
+    units = getattr(config, group.units, None)
+    if group.units == "num_key_value_heads" and units is None:
+        units = getattr(config, "num_attention_heads", None)  # no grouped-query attention: one per head
+    if not isinstance(units, int) or units < 1:
+        raise CompatibilityError(f"align: the config has no {group.units} to count the units of {group.name}.")
+    return units
+
+
+def block_index(length: int, sections: int, units: int, order: torch.Tensor) -> torch.Tensor:
+    """Indices along an axis of ``length`` = sections × units × block that put unit ``order[j]`` at unit ``j``
+    of every section."""
+    if length % (sections * units):
+        raise CompatibilityError(f"align: an axis of {length} does not split into {sections} × {units} units.")
+    block = length // (sections * units)
+    within = torch.arange(block)
+    per_section = (order[:, None] * block + within[None, :]).reshape(-1)
+    return torch.cat([s * units * block + per_section for s in range(sections)])
+
+
+def _layer_key(prefix: str, group: PermutationGroup) -> str:
+    """A group's name whatever the model's prefix (``bert.`` or none): its layer's index and the group."""
+    layer = re.findall(r"\d+", prefix)[-1]
+    return f"{layer}.{group.name}"
+
+
+def random_symmetry(state: dict, config, seed: int, residual: bool = True) -> dict[str, torch.Tensor]:
+    """A random order of the residual stream (``residual``) and of every group's units of the model whose tensors
+    are ``state``: a permutation that leaves what the model computes unchanged (experiments build permuted
+    releases with it; weight matching must find it back). Keys: ``residual`` and ``<layer>.<group>``."""
+    generator = torch.Generator().manual_seed(seed)
+    orders = {}
+    if residual:
+        orders["residual"] = torch.randperm(config.hidden_size, generator=generator)
+    for prefix, group, entries in layer_groups(list(state), config.model_type):
+        name, axis, sections = entries[0]
+        units = unit_count(group, config, state[name].shape[axis], sections)
+        order = torch.randperm(units, generator=generator)
+        if (order == torch.arange(units)).all():  # e.g. two key/value heads: make sure they move
+            order = order.roll(1)
+        orders[_layer_key(prefix, group)] = order
+    return orders
+
+
+def permute_state_dict(state: dict, config, orders: dict[str, torch.Tensor]) -> dict:
+    """``state`` with :func:`random_symmetry`'s orders applied (the same function, other coordinates)."""
+    out = dict(state)
+    if "residual" in orders:
+        for name, axis in residual_tensors(list(out), config.model_type):
+            out[name] = out[name].index_select(axis, orders["residual"])
+    for prefix, group, entries in layer_groups(list(out), config.model_type):
+        order = orders[_layer_key(prefix, group)]
+        for name, axis, sections in entries:
+            out[name] = out[name].index_select(axis, block_index(out[name].shape[axis], sections, len(order), order))
     return out
