@@ -47,7 +47,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--plot-dir", type=Path)
     p.add_argument("--drift-steps", type=int, nargs="+", default=[10, 30, 90],
                    help="θ_B levels: steps of continued training (checkpoints of one run)")
-    p.add_argument("--drift-lr", type=float, default=1e-3)
+    p.add_argument("--drift-lr", type=float, default=1.5e-3,
+                   help="lr of the continued training (1.5e-3: naive keeps about half of its gain at 90 steps)")
     p.add_argument("--rows", type=int, nargs="+", default=[8, 32, 128], help="N vote rows")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 1.5])
