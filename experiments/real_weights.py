@@ -417,7 +417,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.markdown:
         args.markdown.write_text(f"## {report['title']}\n\n{table}")
     if args.plot_dir:
-        for path in plot(report, args.plot_dir, f"{task}-{args.pair}"):
+        variant = ("-permuted" if args.permute is not None else "") + ("-aligned" if args.align != "none" else "")
+        for path in plot(report, args.plot_dir, f"{task}-{args.pair}{variant}"):
             print(f"wrote {path}")
     print(f"total {report['seconds']:.0f} s")
     return report
