@@ -3,21 +3,23 @@
 
 Why: a new release trained from scratch computes with the same architecture but its hidden units and heads in
 another order; adding τ_A coordinate by coordinate then adds it to the wrong units, whatever the mask. Weight
-matching (Git Re-Basin, Ainsworth et al. 2023) finds, per layer and per group of :mod:`.permutations` (the
-feed-forward units, the heads), the permutation of θ_A's units that best matches θ_B's: a linear assignment
-(scipy's ``linear_sum_assignment``) maximising the summed inner products of the units' weights. The residual
-stream is shared, so the groups are independent and one pass is exact on a permuted copy. The permutation is
-applied as θ_A's and θ_A^ft's tensors are read (:class:`PermutedReader`): nothing is copied beyond one layer's
-weights while the assignment is computed, and the merge streams as before.
+matching (Git Re-Basin, Ainsworth et al. 2023) finds the permutation of θ_A's units that best matches θ_B's: a
+linear assignment (scipy's ``linear_sum_assignment``) maximising the summed inner products of the units' weights.
+First the residual stream, matched on the tensors that touch no other permuted axis (embeddings, norms, output
+biases); then, with it applied, every layer's groups of :mod:`.permutations` (the feed-forward units, the heads),
+which are then independent of each other: one pass is exact on a permuted copy. The permutation is applied as
+θ_A's and θ_A^ft's tensors are read (:class:`PermutedReader`): nothing is copied beyond one layer's weights (and
+the embeddings) while the assignment is computed, and the merge streams as before.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
 from ..errors import CompatibilityError, GradFixError
 from .permutations import block_index, layer_groups, residual_tensors, unit_count
+from .reader_view import ReaderView
 
 
 def _features(tensors: list[torch.Tensor], entries, units: int) -> torch.Tensor:
@@ -113,43 +115,17 @@ def weight_matching(names: list[str], model_type: str, config, source, target, s
     return permutations, quality
 
 
-class PermutedReader:
+class PermutedReader(ReaderView):
     """A checkpoint reader whose tensors read permuted along the axes weight matching chose (others as stored)."""
 
     def __init__(self, reader, permutations: dict[str, list[tuple[int, torch.Tensor]]]):
-        self.reader, self.permutations = reader, permutations
-        self.role = getattr(reader, "role", None)
-        self.model = getattr(reader, "model", None)
+        super().__init__(reader)
+        self.permutations = permutations
 
-    def _permuted(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         for axis, index in self.permutations.get(key, ()):
             tensor = tensor.index_select(axis, index)
         return tensor
-
-    def keys(self) -> list[str]:
-        return self.reader.keys()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.reader
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.reader.shape(key))
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.reader.dtype(key)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._permuted(key, self.reader.get(key))
-
-    def get_checked(self, key: str) -> torch.Tensor:
-        return self._permuted(key, self.reader.get_checked(key))
-
-    def get_float(self, key: str) -> torch.Tensor:
-        return self._permuted(key, self.reader.get_float(key))
-
-    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for key in self.keys():
-            yield key, self.get(key)
 
 
 def summary(quality: dict) -> dict:

@@ -11,11 +11,12 @@ a list of names. Only the token rows may differ: any other shape difference keep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
 from ..errors import CompatibilityError
+from .reader_view import ReaderView
 from .roles import SOURCE, SOURCE_FT, TARGET, TARGET_FT
 
 #: tokens listed by name in a report (the counts are always complete)
@@ -108,22 +109,21 @@ def align_vocabularies(source: dict[str, int], target: dict[str, int], source_ro
                                renumbered=renumbered)
 
 
-class AlignedRowsReader:
+class AlignedRowsReader(ReaderView):
     """A checkpoint reader of θ_A (or θ_A^ft) whose token tensors read in θ_B's rows (see the module docstring);
     every other tensor reads as stored."""
 
     def __init__(self, reader, alignment: VocabularyAlignment, row_keys: dict[str, str], target_reader):
-        self.reader, self.alignment, self.target = reader, alignment, target_reader
+        super().__init__(reader)
+        self.alignment, self.target = alignment, target_reader
         self.row_keys = row_keys  # this reader's key → θ_B's key of the same tensor
-        self.role = getattr(reader, "role", None)
-        self.model = getattr(reader, "model", None)
         for key in row_keys:
             rows = reader.shape(key)[0] if reader.shape(key) else None
             if rows != alignment.source_rows:
                 raise CompatibilityError(f"tensor {key!r}: {rows} rows in {self.role}, but its tokenizer and config "
                                          f"give {alignment.source_rows} token rows.")
 
-    def _aligned(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         if key not in self.row_keys:
             return tensor
         out = self.target.get(self.row_keys[key]).to(tensor.dtype, copy=True)
@@ -134,28 +134,6 @@ class AlignedRowsReader:
         out[has] = tensor[self.alignment.index[has]]
         return out
 
-    def keys(self) -> list[str]:
-        return self.reader.keys()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.reader
-
     def shape(self, key: str) -> tuple[int, ...]:
-        shape = tuple(self.reader.shape(key))
+        shape = super().shape(key)
         return (int(self.alignment.index.numel()), *shape[1:]) if key in self.row_keys else shape
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.reader.dtype(key)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._aligned(key, self.reader.get(key))
-
-    def get_checked(self, key: str) -> torch.Tensor:
-        return self._aligned(key, self.reader.get_checked(key))
-
-    def get_float(self, key: str) -> torch.Tensor:
-        return self._aligned(key, self.reader.get_float(key))
-
-    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for key in self.keys():
-            yield key, self.get(key)
