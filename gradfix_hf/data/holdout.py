@@ -7,6 +7,7 @@ and every process; the vote then draws its rows from the rest only, so no row bo
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional, Union
 
 from ..errors import DataError
@@ -38,7 +39,7 @@ def carve_validation(dataset, size: Union[int, float], seed: int, *, label_colum
     stratify = None
     if label_column is not None and label_column in dataset.column_names:
         labels = [str(v) for v in dataset[label_column]]
-        counts = {label: labels.count(label) for label in set(labels)}
+        counts = Counter(labels)
         if min(counts.values()) >= 2 and len(counts) <= count <= len(dataset) - len(counts):
             columns["stratum"], stratify = labels, "stratum"
     index = datasets.Dataset.from_dict(columns)

@@ -83,10 +83,9 @@ def split_names(path: str, *, name: Optional[str] = None, revision: Optional[str
     if local.is_file():
         return ["train"]
     try:
-        if local.is_dir() and (local / "dataset_info.json").is_file():
-            return ["train"]  # a saved Dataset (one split)
-        if local.is_dir() and (local / "dataset_dict.json").is_file():
-            return list(datasets.load_from_disk(str(local)).keys())
+        if local.is_dir() and any((local / f).is_file() for f in SAVED_DATASET_FILES):  # save_to_disk's folder
+            loaded = datasets.load_from_disk(str(local))
+            return list(loaded) if isinstance(loaded, datasets.DatasetDict) else ["train"]  # a Dataset: one split
         if path.startswith((".", "/", "~")) and not local.exists():
             raise DataError(f"{where}.path: {local} does not exist.")
         folder = local if local.is_dir() else snapshot_dataset(path, name=name, revision=revision, token=token,

@@ -16,7 +16,7 @@ from ..errors import ModelResolutionError
 from ..recipe import ModelRef
 from .adapters import ADAPTER_CONFIG, adapter_weight_names
 from .failures import hub_failure, offline_or_unreachable
-from .models import METADATA_PATTERNS, PICKLE_FILES, SAFETENSORS_FILES, looks_local
+from .models import METADATA_PATTERNS, PICKLE_FILES, SAFETENSORS_FILES, local_folder, looks_local
 from .snapshots import snapshot, snapshot_commit
 
 CARD = "README.md"
@@ -26,10 +26,7 @@ def model_metadata(ref: ModelRef, *, role: str, token: Optional[str] = None) -> 
     """The folder holding the model's config, adapter config, tokenizer files and card (no weights): the local
     folder itself, or a pull of those files pinned to the commit ``ref.revision`` resolves to; and that commit."""
     if looks_local(ref.path):
-        folder = Path(ref.path).expanduser() / (ref.subfolder or "")
-        if not folder.is_dir():
-            raise ModelResolutionError(f"{role}: local model folder {folder} does not exist.")
-        return folder, None
+        return local_folder(ref, role), None
     prefix = f"{ref.subfolder.strip('/')}/" if ref.subfolder else ""
     try:
         pulled = snapshot(ref.path, repo_type="model", revision=ref.revision,
@@ -90,10 +87,11 @@ def _wanted(files: dict[str, int], folder: Optional[Path], allow_pickle: bool) -
 def planned_download(ref: ModelRef, *, token: Optional[str] = None, allow_pickle: bool = False,
                      metadata_folder: Optional[Path] = None) -> dict[str, Any]:
     """What resolving ``ref`` would pull: ``{"where": "local"|"hub", "files", "bytes"}`` (a local folder pulls
-    nothing: its files are counted as they are on disk), from the Hub's file listing, not the files."""
+    nothing: its files are counted as they are on disk), from the Hub's file listing, not the files.
+    ``metadata_folder``: the folder :func:`model_metadata` gave (a local model's own folder)."""
     if looks_local(ref.path):
-        folder = Path(ref.path).expanduser() / (ref.subfolder or "")
-        files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+        folder = metadata_folder if metadata_folder is not None else local_folder(ref, "model")
+        files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
         chosen = _wanted(files, folder, allow_pickle)
         return {"where": "local", "files": len(chosen), "bytes": sum(files[f] for f in chosen)}
     from huggingface_hub import HfApi

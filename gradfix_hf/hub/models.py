@@ -34,6 +34,14 @@ def looks_local(path: str) -> bool:
             or Path(path).expanduser().exists())
 
 
+def local_folder(ref: ModelRef, role: str) -> Path:
+    """The folder a local model reference names (its subfolder included), or an error naming ``role``."""
+    folder = Path(ref.path).expanduser() / (ref.subfolder or "")
+    if not folder.is_dir():
+        raise ModelResolutionError(f"{role}: local model folder {folder} does not exist.")
+    return folder
+
+
 def find_weight_files(folder: Path, role: str, allow_pickle: bool) -> tuple[list[Path], str]:
     """The weight files of a model folder: safetensors (single or sharded), else pickle when allowed."""
     for single, index in (SAFETENSORS_FILES, PICKLE_FILES):
@@ -72,11 +80,7 @@ def resolve_model(ref: ModelRef, *, role: str, allow_pickle: bool = False, token
                   download_weights: bool = True, trust_remote_code: bool = False) -> ResolvedModel:
     """Resolve ``ref`` to local files; raise :class:`ModelResolutionError` naming ``role`` and the reason."""
     if looks_local(ref.path):
-        folder = Path(ref.path).expanduser()
-        if ref.subfolder:
-            folder = folder / ref.subfolder
-        if not folder.is_dir():
-            raise ModelResolutionError(f"{role}: local model folder {folder} does not exist.")
+        folder = local_folder(ref, role)
         if ref.revision:
             raise ModelResolutionError(f"{role}: 'revision' is for Hub ids; {ref.path} is a local folder.")
         if is_adapter_folder(folder):  # a PEFT LoRA adapter (its base is bound by the caller)

@@ -115,13 +115,14 @@ def adapter_facts(folder: Path) -> Optional[dict]:
     return {"r": raw.get("r"), "task_type": raw.get("task_type")}
 
 
-def model_family(finetuned_folder: Path, base_folder: Optional[Path], finetuned: str) -> Inferred:
-    """classifier | causal | seq2seq: from a LoRA adapter's ``task_type``, else the fine-tune's architecture."""
-    adapter = _read_json(finetuned_folder / "adapter_config.json")
-    task_type = adapter.get("task_type")
+def model_family(finetuned_folder: Path, base_folder: Optional[Path], finetuned: str,
+                 adapter: Optional[dict] = None) -> Inferred:
+    """classifier | causal | seq2seq: from a LoRA adapter's ``task_type`` (``adapter``: :func:`adapter_facts`),
+    else the architecture in the fine-tune's config.json (the base's, for an adapter)."""
+    task_type = (adapter or {}).get("task_type")
     if task_type in ADAPTER_FAMILIES:
         return Inferred(ADAPTER_FAMILIES[task_type], f"adapter_config.json (task_type {task_type})")
-    config_folder = base_folder if adapter else finetuned_folder
+    config_folder = base_folder if adapter is not None else finetuned_folder
     config = _read_json(config_folder / "config.json") if config_folder is not None else {}
     architecture = next(iter(config.get("architectures") or []), "")
     where = f"config.json ({architecture or config.get('model_type', 'no architecture')})"

@@ -45,7 +45,7 @@ def infer_rebase(finetuned: str, onto: str, data: str, options: RebaseOptions = 
     adapter = adapter_facts(ft_folder)
     base_folder = model_metadata(ModelRef(base.value), role="base", token=token)[0]
     onto_folder = model_metadata(ModelRef(onto), role="onto", token=token)[0]
-    family = model_family(ft_folder, base_folder, finetuned)
+    family = model_family(ft_folder, base_folder, finetuned, adapter)
 
     names = split_names(data, name=options.data_name, token=token)
     splits = choose_splits(names, options, data)
