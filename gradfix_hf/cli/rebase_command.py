@@ -40,11 +40,11 @@ def _label_words(text):
 def _size_text(n_bytes) -> str:
     if n_bytes is None:
         return "unknown size"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n_bytes < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1000
-    return ""
+    return f"{n_bytes:.1f} TB"
 
 
 def print_inference(inferred: dict) -> None:

@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from ..errors import CompatibilityError
+from .vocabulary import vocab_size
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _token_row_parameters(model) -> frozenset:
             modules.append(getattr(model, getter)())
         except (AttributeError, NotImplementedError):
             continue
-    rows = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "vocab_size", None)
+    rows = vocab_size(model.config)
     found = {names[id(t)] for m in modules if m is not None for t in (getattr(m, "weight", None),
                                                                       getattr(m, "bias", None))
              if isinstance(t, torch.nn.Parameter) and id(t) in names and t.dim() >= 1 and t.shape[0] == rows}
