@@ -71,14 +71,29 @@ class RenderedRow:
     truncated: bool
 
 
+def format_columns(*, messages_column: str = "messages", prompt_column: str = "prompt",
+                   completion_column: str = "completion", text_column: str = "text") -> dict[str, tuple[str, ...]]:
+    """Each row shape and the columns it reads."""
+    return {"messages": (messages_column,), "prompt-completion": (prompt_column, completion_column),
+            "text": (text_column,)}
+
+
+def matching_formats(columns: Sequence[str], **names: str) -> list[str]:
+    """The row shapes whose columns are all among ``columns`` (``names``: the column names of
+    :func:`format_columns`)."""
+    present = set(columns)
+    return [fmt for fmt, cols in format_columns(**names).items() if all(c in present for c in cols)]
+
+
 def detect_format(columns: Sequence[str], requested: Optional[str], *, where: str, messages_column: str = "messages",
                   prompt_column: str = "prompt", completion_column: str = "completion",
                   text_column: str = "text") -> str:
     """The row shape of a data set with these ``columns``: ``requested`` when given (its columns must exist), else
     (``None`` or ``"auto"``) the one shape whose columns are present."""
     present = set(columns)
-    needs = {"messages": (messages_column,), "prompt-completion": (prompt_column, completion_column),
-             "text": (text_column,)}
+    names = dict(messages_column=messages_column, prompt_column=prompt_column, completion_column=completion_column,
+                 text_column=text_column)
+    needs = format_columns(**names)
     if requested not in (None, "auto"):
         if requested not in needs:
             raise DataError(f"{where}: data.format {requested!r} is unknown; use 'auto' or one of "
@@ -88,7 +103,7 @@ def detect_format(columns: Sequence[str], requested: Optional[str], *, where: st
             raise DataError(f"{where}: data.format is {requested!r} but the data has no column "
                             f"{', '.join(map(repr, missing))}; its columns: {sorted(present)}")
         return requested
-    found = [fmt for fmt, cols in needs.items() if all(c in present for c in cols)]
+    found = matching_formats(columns, **names)
     if len(found) == 1:
         return found[0]
     if found:

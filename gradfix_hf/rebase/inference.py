@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import DataError, RecipeError
+from ..objectives.chat import format_columns, matching_formats
 
 #: the split names taken as a validation split (in this order), and as the test split
 VALIDATION_SPLITS = ("validation", "valid", "dev", "val")
 TEST_SPLIT = "test"
 #: a PEFT adapter's ``task_type`` → the model family it fine-tunes
 ADAPTER_FAMILIES = {"SEQ_CLS": "classifier", "CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}
-#: SFT data shapes (TRL's column conventions) and the columns that make each
-SHAPE_COLUMNS = {"messages": ("messages",), "prompt-completion": ("prompt", "completion"), "text": ("text",)}
 
 
 @dataclass(frozen=True)
@@ -136,13 +135,6 @@ def model_family(finetuned_folder: Path, base_folder: Optional[Path], finetuned:
                       "(sequence-classification, causal-lm, seq2seq or sft).")
 
 
-def data_shapes(columns: list[str], text_column: str = "text") -> list[str]:
-    """The SFT data shapes whose columns are all present (``text``: the text column)."""
-    present = set(columns)
-    shapes = {**SHAPE_COLUMNS, "text": (text_column,)}
-    return [shape for shape, needed in shapes.items() if all(c in present for c in needed)]
-
-
 def infer_objective(family: Inferred, columns: list[str], options: RebaseOptions, data: str) -> Inferred:
     """The recipe objective (and, for SFT, the data format) from the model family and the data's columns."""
     labelled = options.text_column in columns and options.label_column in columns
@@ -154,7 +146,7 @@ def infer_objective(family: Inferred, columns: list[str], options: RebaseOptions
     elif family.value == "seq2seq":
         objective, source = "seq2seq", f"{family.source} and the text/label columns"
     else:
-        shapes = data_shapes(columns, options.text_column)
+        shapes = matching_formats(columns, text_column=options.text_column)
         if options.format is None and len(shapes) == 1 and shapes[0] == "text" and labelled:
             objective, source = "causal-lm", f"{family.source} and the text/label columns (a label to verbalise)"
         else:
@@ -172,11 +164,12 @@ def infer_objective(family: Inferred, columns: list[str], options: RebaseOptions
 
 
 def sft_format(columns: list[str], options: RebaseOptions, data: str) -> str:
-    """messages | prompt-completion | text: the one shape the columns hold, or ``--format``."""
-    shapes = data_shapes(columns, options.text_column)
+    """messages | prompt-completion | text: the one shape the columns hold (TRL's conventions, as
+    ``objectives.chat`` reads them), or ``--format``."""
+    shapes = matching_formats(columns, text_column=options.text_column)
     if options.format is not None:
         if options.format not in shapes:
-            needed = ", ".join(SHAPE_COLUMNS.get(options.format, (options.format,)))
+            needed = ", ".join(format_columns(text_column=options.text_column).get(options.format, (options.format,)))
             raise DataError(f"{data}: --format {options.format} needs the column(s) {needed}; the data has {columns}.")
         return options.format
     if not shapes:
