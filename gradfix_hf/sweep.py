@@ -131,7 +131,9 @@ class SweepResult:
                 cells += [f"{test[name]:.4f}" for name in self.metrics]
             lines.append(f"| {label} | {'–' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
         if self.chosen is not None:
-            lines += ["", f"method: auto chooses {self.chosen['label']} at α = {self.chosen['alpha']:g} (best "
+            from .transport.auto import at_alpha
+
+            lines += ["", f"method: auto chooses {self.chosen['label']}{at_alpha(self.chosen['alpha'])} (best "
                           f"validation {self.metric} {self.chosen['validation']:.4f})."]
         return "\n".join(lines)
 
@@ -143,6 +145,10 @@ class SweepResult:
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
         for entry in self.methods.values():
+            if "best_lr" in entry:  # a few-shot candidate: no curve over α, its best lr's score
+                axes.axhline(entry["best_validation"], label=f"{entry['label']}: {entry['best_validation']:.4f}",
+                             linestyle="-.")
+                continue
             (line,) = axes.plot(self.alphas, [entry["validation"][str(a)] for a in self.alphas], marker="o",
                                 label=f"{entry['label']} (best α {entry['best_alpha']:g})")
             axes.plot([entry["best_alpha"]], [entry["best_validation"]], marker="*", markersize=14,
@@ -192,11 +198,16 @@ def sweep(recipe: Union[Recipe, str, os.PathLike, dict], *, alphas: Optional[lis
         raise RecipeError("evaluation: a sweep needs an evaluation section (the validation split that picks α).")
     if len(recipe.resolved_tasks()) != 1:
         raise RecipeError("tasks: a sweep scores one task; a merge of several task vectors has no single split.")
+    if recipe.method.few_shot is not None:
+        raise RecipeError("method.few_shot: a sweep scores merges over α; to compare fine-tuning after the merge, list "
+                          "few-shot candidates under method: auto (e.g. candidates: [naive, gradfix, "
+                          "gradfix+few-shot]).")
     from .runtime import threads_for_model  # the model libraries: only once the recipe can be swept
-    from .transport import alpha_grid, prepare
+    from .transport import alpha_grid, check_few_shot_stage, prepare
 
     grid = alpha_grid(recipe, alphas)
     prepared = prepare(recipe, token=token)
+    check_few_shot_stage([prepared])
     with threads_for_model(prepared.parameter_count):  # tiny models: one thread (gradfix_hf/runtime/threads.py)
         return _sweep_prepared(recipe, prepared, grid, votes=votes, progress=progress, force=force)
 
@@ -207,8 +218,8 @@ def _sweep_prepared(recipe: Recipe, prepared: Any, grid: list[float], *, votes: 
     from .merge import MergeJob
     from .metrics import score_model
     from .plan import load_base_model
-    from .transport import (candidate_jobs, choose, comparison_jobs, evaluation_metrics, few_shot_baseline,
-                            oracle_jobs, recipe_votes, score_jobs)
+    from .transport import (choose, comparison_jobs, evaluation_metrics, few_shot_baseline, oracle_jobs, recipe_votes,
+                            score_candidates, score_jobs)
 
     metrics = evaluation_metrics(prepared)
     vote_files = recipe_votes(recipe, [prepared], votes=votes, progress=progress, force=force)
@@ -237,11 +248,12 @@ def _sweep_prepared(recipe: Recipe, prepared: Any, grid: list[float], *, votes: 
                            "n_samples": len(prepared.examples)}
         del few_shot, tuned
     if recipe.method.is_auto:  # every candidate (and the oracle as a reference), then the choice
-        jobs = candidate_jobs(prepared, vote_files[0]) + oracle_jobs(prepared)
+        result.methods, result.warnings, _ = score_candidates(prepared, model, vote_files[0], grid, metrics,
+                                                              progress=progress, extra_jobs=oracle_jobs(prepared))
     else:
         jobs = comparison_jobs(prepared, MergeJob([prepared.plan], vote_files, recipe.method.method,
                                                   recipe.method.parameters, 1.0))
-    result.methods, result.warnings = score_jobs(prepared, model, jobs, grid, metrics, progress=progress)
+        result.methods, result.warnings = score_jobs(prepared, model, jobs, grid, metrics, progress=progress)
     if recipe.method.is_auto:
         result.chosen = choose(result.methods, recipe.method.parameters["candidates"])
     for message in result.warnings:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gradfix_hf.errors import RecipeError
-from gradfix_hf.methods.masks import MASK_VARIANTS, masked_task_vector, tensor_generator
+from gradfix_hf.methods.masks import MASK_VARIANTS, keep_mask, masked_task_vector, tensor_generator
 from gradfix_hf.methods import GlobalTrim, TensorInputs, get, registered_methods, ties_merge, trim_per_tensor
 from gradfix_hf.methods.merge_then_mask import consensus_signs
 from gradfix_hf.recipe import MethodConfig
@@ -170,7 +170,14 @@ def test_tensor_generator_is_independent_of_call_order():
 
 def test_every_variant_is_listed():
     assert MASK_VARIANTS == ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "margin",
-                             "naive")
+                             "naive", "none")
+
+
+def test_none_keeps_nothing_and_needs_no_votes():
+    tau = torch.randn(50)
+    assert torch.equal(masked_task_vector("none", tau), torch.zeros(50))
+    assert not bool(keep_mask("none", tau).any())
+    assert get("gradfix").sign_source({"mask": "none"}) is None
 
 
 # ----------------------------------------------------------------------------------------------- task arithmetic

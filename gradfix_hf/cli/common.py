@@ -58,9 +58,11 @@ def print_auto(report: dict) -> None:
     """What ``method: auto`` chose on the validation split, and every candidate's best score there."""
     auto = report.get("auto")
     if auto:
-        print(f"method auto: chose {auto['label']} at α={auto['alpha']:g} ({auto['metric']} "
+        from ..transport.auto import at_alpha
+
+        print(f"method auto: chose {auto['label']}{at_alpha(auto['alpha'], ' at α=')} ({auto['metric']} "
               f"{auto['validation']:.4f} on the validation split {auto['split']}; " + ", ".join(
-                  f"{c['label']} {c['best_validation']:.4f} at α={c['best_alpha']:g}"
+                  f"{c['label']} {c['best_validation']:.4f}{at_alpha(c['best_alpha'], ' at α=')}"
                   for c in auto["candidates"].values()) + ")")
 
 

@@ -26,7 +26,9 @@ from .drift import drift_norms, sign_agreement, tensor_drift
 
 @dataclass
 class MergeJob:
-    """Everything stage 2 reads: per task vector its plan, votes and weight; the method, parameters and α."""
+    """Everything stage 2 reads: per task vector its plan, votes and weight; the method, parameters and α; and
+    ``refinement``, what a fine-tune of the merge on the vote samples added to each transported tensor
+    (``method.few_shot``), so that the output is θ_B + α·delta + refinement."""
 
     plans: list[TransportPlan]
     votes: list[Optional[VotesFile]]
@@ -35,6 +37,7 @@ class MergeJob:
     alpha: float = 1.0
     weights: list[float] = field(default_factory=list)
     thresholds: Optional[list[float]] = None
+    refinement: Optional[Mapping[str, torch.Tensor]] = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -133,6 +136,8 @@ def output_tensor(job: MergeJob, name: str) -> tuple[torch.Tensor, Optional[dict
     if job.alpha != 1:
         delta.mul_(job.alpha)
     output = delta.add_(target)
+    if job.refinement is not None and name in job.refinement:
+        output.add_(job.refinement[name])
     check_finite(output, f"output tensor {name!r} (θ_B + α·delta, α = {job.alpha:g})")  # never written, never scored
     return output, stats
 

@@ -15,6 +15,7 @@ Every variant maps (τ, ŝ, evidence) to a masked task vector of the same shape 
 * ``margin``: τ ⊙ 1{sign(τ) = ŝ} · |v|/N: agreeing coordinates weighted by the vote's margin (N samples), so
   a unanimous vote keeps τ whole and a 9-to-7 vote keeps an eighth of it.
 * ``naive``: τ unchanged (θ_B + α·τ, the baseline).
+* ``none``: nothing kept (θ_B itself: where a ``method: auto`` candidate that only fine-tunes θ_B starts).
 
 A tie (ŝ = 0) or τ = 0 keeps nothing. ``min_margin`` q turns weak votes into ties before any variant sees them:
 a coordinate keeps its vote only when |v|/N ≥ q (integer votes only). Coordinates with no evidence (no sample's
@@ -30,7 +31,7 @@ from typing import Optional
 
 import torch
 
-MASK_VARIANTS = ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "margin", "naive")
+MASK_VARIANTS = ("gradfix", "mean", "oracle", "force", "random", "random-sign", "soft", "margin", "naive", "none")
 NO_EVIDENCE_POLICIES = ("drop", "keep", "scale")
 #: the variants whose ŝ may be integer votes of N samples (what ``min_margin`` and ``margin`` need)
 VOTE_COUNT_VARIANTS = ("gradfix", "force", "random", "soft", "margin")
@@ -38,7 +39,7 @@ VOTE_COUNT_VARIANTS = ("gradfix", "force", "random", "soft", "margin")
 
 def sign_source(variant: str) -> Optional[str]:
     """Where a variant's ŝ comes from: ``votes`` (majority), ``mean-votes``, ``oracle`` (sign of τ_B) or None."""
-    if variant in ("naive", "random-sign"):
+    if variant in ("naive", "random-sign", "none"):
         return None
     if variant == "oracle":
         return "oracle"
@@ -73,6 +74,8 @@ def keep_mask(kind: str, tau: torch.Tensor, *, signs: Optional[torch.Tensor] = N
     ``agree``: :func:`sign_agreement_mask` of (τ, ŝ) when the caller already has it (it is not modified)."""
     if kind == "naive":
         return tau != 0
+    if kind == "none":
+        return torch.zeros(tau.shape, dtype=torch.bool)
     if signs is None:
         raise ValueError(f"mask {kind!r} needs signs")
     mask = sign_agreement_mask(tau, signs) if agree is None else agree
@@ -96,6 +99,8 @@ def masked_task_vector(variant: str, tau: torch.Tensor, signs: Optional[torch.Te
     behind integer votes (``margin`` and ``min_margin`` need it)."""
     if variant == "naive":
         return tau.clone()
+    if variant == "none":
+        return torch.zeros_like(tau)
     if variant == "random-sign":
         flips = torch.randint(0, 2, tau.shape, generator=tensor_generator(seed, name)).to(tau.dtype) * 2 - 1
         return tau.abs() * flips

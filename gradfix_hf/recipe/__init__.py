@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the names below are; imported on first use
     from .data import (LOSS_TOKENS, SELECTION_ALIASES, SELECTIONS, SFT_FORMATS, DataConfig, EvaluationConfig,
                        canonical_selection, metric_names, prompt_error, template_error)
+    from .few_shot import DEFAULT_FEW_SHOT_LRS, FEW_SHOT_CANDIDATES, FewShotStage
     from .method import (AUTO, DEFAULT_CANDIDATES, MethodConfig, candidate_key, candidate_label,
                          validate_candidates)
     from .models import ModelRef, ModelsConfig, ResolvedTask, TaskConfig
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # what the names below are; imported on first use
 _MODULES = {
     ".data": ["LOSS_TOKENS", "SELECTION_ALIASES", "SELECTIONS", "SFT_FORMATS", "DataConfig", "EvaluationConfig",
               "canonical_selection", "metric_names", "prompt_error", "template_error"],
+    ".few_shot": ["DEFAULT_FEW_SHOT_LRS", "FEW_SHOT_CANDIDATES", "FewShotStage"],
     ".method": ["AUTO", "DEFAULT_CANDIDATES", "MethodConfig", "candidate_key", "candidate_label",
                 "validate_candidates"],
     ".models": ["ModelRef", "ModelsConfig", "ResolvedTask", "TaskConfig"],
@@ -52,4 +54,4 @@ __all__ = ["Recipe", "ModelRef", "ModelsConfig", "TaskConfig", "ResolvedTask", "
            "DEFAULT_CANDIDATES", "SELECTIONS", "SELECTION_ALIASES", "canonical_selection", "metric_names",
            "template_error", "prompt_error", "validate_candidates", "candidate_key", "candidate_label", "parse_size",
            "build", "check_choice", "check_fields", "read_yaml_mapping", "SFT_FORMATS", "LOSS_TOKENS",
-           "DEFAULT_METRICS"]
+           "DEFAULT_METRICS", "DEFAULT_FEW_SHOT_LRS", "FEW_SHOT_CANDIDATES", "FewShotStage"]

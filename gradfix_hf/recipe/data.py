@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..errors import RecipeError
+from .few_shot import DEFAULT_FEW_SHOT_LRS, few_shot_lrs
 from .validation import check_choice, check_fields, paths_as_strings
 
 #: SFT data shapes (TRL's column conventions): a ``messages`` column, ``prompt``/``completion`` columns, plain ``text``
@@ -212,7 +213,8 @@ class EvaluationConfig:
     offline; other names are loaded from the Hub when the run is prepared); the first one picks α. The few-shot
     fine-tuning baseline (θ_B trained on the vote samples, :mod:`gradfix_hf.transport.few_shot`) runs
     ``few_shot_steps`` AdamW steps (0: no baseline) at ``few_shot_lr`` on batches of ``few_shot_batch_size``
-    (default: all vote samples in one batch).
+    (default: all vote samples in one batch). ``few_shot_lrs`` are the learning rates a few-shot candidate of
+    ``method: auto`` (:mod:`gradfix_hf.recipe.few_shot`) tries, the validation split choosing.
     """
 
     split: str = "validation"
@@ -228,6 +230,7 @@ class EvaluationConfig:
     few_shot_steps: int = 1
     few_shot_lr: float = 1e-5
     few_shot_batch_size: Optional[int] = None
+    few_shot_lrs: tuple[float, ...] = DEFAULT_FEW_SHOT_LRS
 
     WHERE = "evaluation"
 
@@ -243,6 +246,7 @@ class EvaluationConfig:
             except ValueError:
                 pass
             object.__setattr__(self, "few_shot_lr", lr)
+        object.__setattr__(self, "few_shot_lrs", few_shot_lrs(self.few_shot_lrs, f"{self.WHERE}.few_shot_lrs"))
         if self.alphas is not None:
             if (not isinstance(self.alphas, (list, tuple)) or not self.alphas
                     or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 or a != a

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from ..runtime.exports import lazy_exports
 
 if TYPE_CHECKING:  # what the names below are; imported on first use
-    from .auto import candidate_jobs, choice_table, choose
+    from .auto import candidate_jobs, choice_table, choose, score_candidates
     from .destination import check_output_folder, check_votes_output, run_destination
     from .evaluation import (DEFAULT_ALPHAS, alpha_grid, comparison_jobs, evaluate_methods, evaluation_metrics,
                              oracle_jobs, score_jobs)
-    from .few_shot import few_shot_baseline, few_shot_finetune
+    from .few_shot import check_few_shot_stage, few_shot_baseline, few_shot_finetune
     from .inputs import as_recipe, recipe_inputs, resolved_inputs
     from .output_folder import RECIPE_NAME, REPORT_NAME, atomic_folder, push_output_folder, read_report
     from .prepare import PreparedRun, prepare
@@ -33,11 +33,11 @@ if TYPE_CHECKING:  # what the names below are; imported on first use
     from .run import run_recipe, transport
 
 _MODULES = {
-    ".auto": ["candidate_jobs", "choice_table", "choose"],
+    ".auto": ["candidate_jobs", "choice_table", "choose", "score_candidates"],
     ".destination": ["check_output_folder", "check_votes_output", "run_destination"],
     ".evaluation": ["DEFAULT_ALPHAS", "alpha_grid", "comparison_jobs", "evaluate_methods", "evaluation_metrics",
                     "oracle_jobs", "score_jobs"],
-    ".few_shot": ["few_shot_baseline", "few_shot_finetune"],
+    ".few_shot": ["check_few_shot_stage", "few_shot_baseline", "few_shot_finetune"],
     ".inputs": ["as_recipe", "recipe_inputs", "resolved_inputs"],
     ".output_folder": ["RECIPE_NAME", "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report"],
     ".prepare": ["PreparedRun", "prepare"],
@@ -52,6 +52,7 @@ __all__ = ["transport", "run_recipe", "as_recipe", "prepare", "PreparedRun", "co
            "load_votes_for", "recipe_votes", "save_votes", "vote_sharding", "vote_device", "vote_dtype",
            "vote_engine_name", "vote_key", "TransportResult", "evaluation_metrics",
            "evaluate_methods", "comparison_jobs", "oracle_jobs", "score_jobs", "alpha_grid", "DEFAULT_ALPHAS",
-           "candidate_jobs", "choose", "choice_table", "few_shot_baseline", "few_shot_finetune", "RECIPE_NAME",
+           "candidate_jobs", "choose", "choice_table", "score_candidates", "check_few_shot_stage", "few_shot_baseline",
+           "few_shot_finetune", "RECIPE_NAME",
            "REPORT_NAME", "atomic_folder", "push_output_folder", "read_report", "check_votes_output", "recipe_inputs",
            "resolved_inputs", "check_output_folder", "run_destination"]

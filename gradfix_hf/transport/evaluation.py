@@ -16,7 +16,7 @@ from ..errors import RecipeError
 from ..merge import MergeJob, apply_in_memory, iter_deltas
 from ..metrics import MetricSet, higher_is_better, score_model
 from ..plan import TARGET_FT, load_base_model
-from ..recipe import Recipe, candidate_label
+from ..recipe import Recipe, candidate_key, candidate_label
 from .few_shot import few_shot_baseline
 from .prepare import PreparedRun
 from .scores import TEST, VALIDATION
@@ -41,13 +41,16 @@ def comparison_jobs(prepared: PreparedRun, job: MergeJob) -> list[tuple[str, str
     """(key, label, job) of what a held-out comparison scores besides zero-shot θ_B: naive θ_B + α·τ_A, the
     recipe's method (unless it is the naive mask), and the oracle when θ_B^ft is given."""
     mask = job.parameters.get("mask")
+    stage = prepared.recipe.method.few_shot if job.refinement is not None else None
     jobs = [("naive", "θ_B + α·τ_A (naive)", MergeJob.single(job.head, None, "naive", job.alpha))]
     if job.method.name != "gradfix":
-        jobs.append((job.method.name, job.method.pretty_name, job))
-    elif mask != "naive":  # labelled with the parameters that differ from the defaults
+        label = job.method.pretty_name + (f" + {stage.describe()}" if stage is not None else "")
+        jobs.append((job.method.name, label, job))
+    elif mask != "naive" or stage is not None:  # labelled with the parameters that differ from the defaults
         defaults = job.method.validate({})
         changed = {k: v for k, v in job.parameters.items() if k == "mask" or v != defaults[k]}
-        jobs.append((mask, candidate_label(changed), job))
+        spec = {**changed, "few_shot": stage} if stage is not None else changed
+        jobs.append((mask if stage is None else candidate_key(spec), candidate_label(spec), job))
     if mask != "oracle":
         jobs += oracle_jobs(prepared, job.alpha)
     return jobs

@@ -14,7 +14,9 @@ AUTO_DESCRIPTION = ("Let the validation split choose: score every candidate (Gra
                     "from one vote, and write the best as a plain GradFix method. Needs an evaluation section; with "
                     "evaluation.test_path or test_split the run scores the choice on that test split.")
 CANDIDATES_DOC = ("the candidates, in order (ties go to the earlier one, then the smaller α): a mask name or a "
-                  "mapping of gradfix parameters (mask, no_evidence, no_evidence_scale, min_margin, seed, rho); "
+                  "mapping of gradfix parameters (mask, no_evidence, no_evidence_scale, min_margin, seed, rho), "
+                  "with few_shot: PASSES to fine-tune it on the vote samples afterwards; the fair baselines few-shot, "
+                  "few-shot-10x and gradfix+few-shot (lr chosen on validation from evaluation.few_shot_lrs); "
                   "mean and oracle cannot be candidates")
 
 

@@ -9,7 +9,8 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..merge import drift_table
 from ..plan import ROLE_NAMES
-from .auto import choice_table
+from ..recipe import FewShotStage
+from .auto import at_alpha, choice_table
 from .scores import evaluation_heading
 
 PAPER_URL = "https://arxiv.org/abs/2510.09658"
@@ -52,7 +53,7 @@ def _auto_section(report: dict) -> str:
 
 The mask and α were picked on the validation split `{auto['split']}` ({auto['n_samples']} samples, {auto['metric']})
 among these candidates, each at its own best α on the grid {', '.join(f'{a:g}' for a in auto['alphas'])}; the
-written model is the one in bold ({auto['label']}, α = {auto['alpha']:g}). {scored}
+written model is the one in bold ({auto['label']}{at_alpha(auto['alpha'], ', α = ')}). {scored}
 
 {choice_table(auto, auto['metric'])}
 
@@ -68,7 +69,7 @@ def _rebase_section(report: dict) -> str:
     margin = auto.get("margin") or {}
     won = ""
     if margin:
-        won = (f" `method: auto` chose {auto['label']} at α = {auto['alpha']:g}: {auto['metric']} "
+        won = (f" `method: auto` chose {auto['label']}{at_alpha(auto['alpha'])}: {auto['metric']} "
                f"{auto['validation']:.4f} on validation, better than {margin['runner_up']} by "
                f"{margin['difference']:.4f}" + (f" and than naive addition by {margin['naive_difference']:.4f}"
                                                 if "naive_difference" in margin else "") + ".")
@@ -197,7 +198,7 @@ This model is the target pre-trained model θ_B plus task vectors τ = θ_A^ft �
 pre-trained models, masked coordinate by coordinate with GradFix
 ([Gradient-Sign Masking for Task Vector Transport Across Pre-Trained Models]({PAPER_URL}), ICLR 2026):
 θ = θ_B + α·(m ⊙ τ_A), m = 1{{sign(τ_A) = sign(Σ_n sign(−∇ℓ_n(θ_B)))}} for one task vector; merges combine several
-(method `{method['name']}`). No fine-tuning of θ_B was done.
+(method `{method['name']}`). {_fine_tuning_sentence(method)}
 
 - method: `{method['name']}`, α = {method['alpha']}{", " + settings if settings else ""}
 {task_lines}
@@ -264,3 +265,13 @@ def default_commit_message(report: dict) -> str:
 def default_commit_description(report: dict) -> str:
     return (f"Made with gradfix_hf {report['library_version']} ({PAPER_URL}).\n\n"
             f"{_results_table(report.get('evaluation'))}\n\n{_provenance_table(report)}\n")
+
+
+def _fine_tuning_sentence(method: dict) -> str:
+    """Whether the merge was fine-tuned afterwards (``method.few_shot``), and how."""
+    stage = method.get("few_shot")
+    if not stage:
+        return "No fine-tuning of θ_B was done."
+    stage = FewShotStage.parse(stage)
+    return (f"The merge was then fine-tuned on the vote samples: {stage.describe()} (AdamW, batches of "
+            f"{stage.batch_size}; `method.few_shot`).")

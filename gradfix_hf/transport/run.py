@@ -26,6 +26,7 @@ from ..version import __version__
 from .auto import resolve as resolve_auto
 from .destination import run_destination
 from .evaluation import evaluate_methods
+from .few_shot import check_few_shot_stage, stage_refinement
 from .inputs import as_recipe, recipe_inputs, resolved_inputs
 from .model_card import write_model_card
 from .output_folder import REBASE_RECIPE_NAME, RECIPE_NAME, atomic_folder, check_destination, write_report
@@ -86,6 +87,8 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
     prepared = [prepare(recipe, task, token=token, select_samples=not dry_run, run_code=not dry_run,
                         check_values=dry_run or computes_votes) for task in tasks]
     _check_tasks_line_up(prepared)
+    if not dry_run:
+        check_few_shot_stage(prepared)  # a fine-tune after the merge needs one task's vote samples: say so now
     if destination is not None:  # the models as resolved: a Hub model's snapshot in the cache is an input too
         check_destination(destination, overwrite, inputs + resolved_inputs(prepared))
     if dry_run:
@@ -97,12 +100,14 @@ def run_recipe(recipe: Recipe, output_dir: Optional[Union[str, os.PathLike]] = N
         vote_files = recipe_votes(recipe, prepared, votes=votes, progress=progress, force=force)  # every process
 
         def finish() -> TransportResult:
-            runs, choice = prepared, None
+            runs, choice, refinement = prepared, None, None
             if recipe.method.is_auto:  # the validation split picks the mask and α (gradfix_hf/transport/auto.py)
-                runs, choice = resolve_auto(prepared, vote_files, progress=progress)
+                runs, choice, refinement = resolve_auto(prepared, vote_files, progress=progress)
             method = runs[0].recipe.method
             job = MergeJob([run.plan for run in runs], vote_files, method.method, method.parameters,
                            float(method.alpha), [run.task.weight for run in runs])
+            if method.few_shot is not None:  # stage 3: the merge fine-tuned on the vote samples (auto: already done)
+                job = job.replace(refinement=refinement if refinement is not None else stage_refinement(runs[0], job))
             return _finish_run(runs, job, votes, destination, overwrite, progress, started, auto=choice,
                                rebase=rebase)
 
