@@ -44,6 +44,8 @@ PAIRS = ("sre", "continued", "independent")
 DEFAULT_CANDIDATES = [{"mask": "gradfix"}, {"mask": "gradfix", "no_evidence": "keep"},
                       {"mask": "gradfix", "no_evidence": "scale", "no_evidence_scale": 0.5},
                       {"mask": "gradfix", "min_margin": 0.25}, {"mask": "margin"}]
+#: the fair baselines (--fair): few-shot FT with the vote's compute, 10x it, GradFix then that FT (lr on validation)
+FAIR_CANDIDATES = ["few-shot", "few-shot-10x", "gradfix+few-shot"]
 #: the small BERT of the independent pair (and of --tiny runs)
 SMALL_BERT = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
               "max_position_embeddings": 512}
@@ -83,6 +85,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--align", default="none", choices=("none", "weight-matching"),
                    help="permute θ_A's residual stream, FFN units and heads onto θ_B's before τ_A is taken "
                         "(recipe key align)")
+    p.add_argument("--fair", action="store_true",
+                   help="add the fair baselines as candidates (few-shot, few-shot-10x, gradfix+few-shot) and a row "
+                        "for method: auto over every candidate, naive included")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot-dir", type=Path)
@@ -183,6 +188,18 @@ def word_embedding_taus(pair: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return tensor("source_finetuned") - tensor("source"), tensor("target_finetuned") - tensor("target")
 
 
+def relative_drift(plan) -> float:
+    """‖θ_B − θ_A‖ / ‖θ_A‖ over the transported tensors, in θ_B's coordinates (after ``--align``, θ_A as aligned)."""
+    from gradfix_hf.plan import SOURCE, TARGET
+
+    moved = norm = 0.0
+    for name in plan.transported:
+        source = plan.tensor(SOURCE, name)
+        moved += float((plan.tensor(TARGET, name) - source).pow(2).sum())
+        norm += float(source.pow(2).sum())
+    return (moved / norm) ** 0.5
+
+
 def vote_record(votes, taus: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """How much of the vote is tie or no evidence, overall and on the word embeddings, and how much of the word
     embeddings' τ_A GradFix keeps against the sign oracle (the numbers behind the no-evidence policy)."""
@@ -233,24 +250,31 @@ def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, se
     from gradfix_hf.recipe import Recipe
     from gradfix_hf.transport import recipe_votes
 
-    candidates = ([{"mask": "naive"}] if first else []) + list(args.candidates)
+    fair = list(FAIR_CANDIDATES) if args.fair else []
+    candidates = ([{"mask": "naive"}] if first or fair else []) + list(args.candidates) + fair
     settings = list(zip(args.few_shot_steps, args.few_shot_lr))
     recipe = recipe_for(args, pair, data_dir, shots, seed, candidates, oracle=first, few_shot=settings[0])
     start = time.perf_counter()
     parsed = Recipe.from_dict(recipe)
-    votes = recipe_votes(parsed, [prepare(parsed)], progress=False)[0]  # computed once, then from votes_cache
+    prepared = prepare(parsed)
+    votes = recipe_votes(parsed, [prepared], progress=False)[0]  # computed once, then from votes_cache
     vote_seconds = time.perf_counter() - start
     result = sweep(recipe, progress=False)
     run: dict[str, Any] = {"shots": shots, "seed": seed, "vote_seconds": vote_seconds, **vote_record(votes, taus),
+                           **({"drift": relative_drift(prepared.plan)} if first else {}),
                            "zero_shot": {"validation": result.zero_shot["validation"],
                                          "test": result.zero_shot["test"]}, "methods": {}}
     for key, entry in result.methods.items():
         run["methods"][key] = {"label": entry["label"], "best_alpha": entry["best_alpha"],
                                "validation": entry["best_validation"], "test": entry["test"],
-                               "validation_curve": entry["validation"]}
+                               "validation_curve": entry["validation"],
+                               **({"best_lr": entry["best_lr"]} if "best_lr" in entry else {})}
     # the variant the validation split picks among GradFix's candidates (naive excluded), as method: auto picks
     best = choose(result.methods, list(args.candidates))["key"]
     run["validation_chosen_variant"] = {"key": best, "test": run["methods"][best]["test"]}
+    if fair:  # what method: auto over every candidate writes (naive, the masks, the fair baselines)
+        chosen = choose(result.methods, recipe["method"]["candidates"])["key"]
+        run["auto_all"] = {"key": chosen, "test": run["methods"][chosen]["test"]}
     few = {f"few-shot-{settings[0][0]}": {"steps": settings[0][0], "lr": settings[0][1],
                                           "validation": result.few_shot["validation"], "test": result.few_shot["test"]}}
     few.update(few_shot_runs(recipe, settings[1:]) if len(settings) > 1 else {})
@@ -299,6 +323,9 @@ def summarise(runs: list[dict]) -> dict[int, dict[str, dict]]:
             rows[key] = {**mean_std([r["methods"][key]["test"] for r in group]),
                          "alpha": [r["methods"][key]["best_alpha"] for r in group]}
         rows["gradfix-validation-chosen"] = mean_std([r["validation_chosen_variant"]["test"] for r in group])
+        if "auto_all" in group[0]:
+            rows["auto-all"] = {**mean_std([r["auto_all"]["test"] for r in group]),
+                                "chose": [r["auto_all"]["key"] for r in group]}
         for key in group[0]["few_shot"]:
             rows[key] = mean_std([r["few_shot"][key]["test"] for r in group])
         out[shots] = rows
@@ -354,7 +381,7 @@ def plot(report: dict, folder: Path, stem: str) -> list[Path]:
     group = [r for r in report["runs"] if r["shots"] == largest]
     naive = next((r["methods"]["naive"] for r in report["runs"] if "naive" in r["methods"]), None)
     curves = {k: [r["methods"][k]["validation_curve"] for r in group] for k in group[0]["methods"]
-              if k not in ("naive", "oracle")}
+              if k not in ("naive", "oracle") and "best_lr" not in group[0]["methods"][k]}  # few-shot: over lr
     if naive is not None:
         curves = {"naive": [naive["validation_curve"]], **curves}
     for key, runs in curves.items():
@@ -401,10 +428,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         reference["sign_oracle"] = {"test": sign_oracle["test"], "best_alpha": sign_oracle["best_alpha"]}
     labels_by_key = {k: m["label"] for r in runs for k, m in r["methods"].items()}
     labels_by_key.update({"zero-shot": "θ_B zero-shot (copied head)", "naive": "θ_B + α·τ_A (naive)",
-                          "gradfix-validation-chosen": "GradFix, variant chosen on validation"})
+                          "gradfix-validation-chosen": "GradFix, variant chosen on validation",
+                          "auto-all": "method: auto over every candidate (fair baselines included)",
+                          "few-shot": "θ_B few-shot FT, 1 pass (the vote's compute), lr chosen on validation",
+                          "few-shot-10x": "θ_B few-shot FT, 10 passes, lr chosen on validation",
+                          "gradfix+few-shot": "GradFix, then few-shot FT (1 pass, lr chosen on validation)"})
     labels_by_key.update({k: f"few-shot FT ({v['steps']} step{'s' * (v['steps'] != 1)}, lr {v['lr']:g})"
                           for k, v in runs[0]["few_shot"].items()})
-    report = {"title": f"{task}: {args.pair} pair", "task": task, "pair": args.pair,
+    report = {"title": f"{task}: {args.pair} pair", "task": task, "pair": args.pair, "drift": runs[0].get("drift"),
               "models": {k: str(v) for k, v in pair.items() if k != "training"}, "training": pair["training"],
               "splits": sizes, "labels": labels_by_key, "reference": reference,
               "config": vars(args),
