@@ -110,14 +110,19 @@ def test_offline_recipe_runs(path, quickstart_root, monkeypatch, tmp_path):
     assert main(["run", str(path), "-o", str(out), "--no-progress"]) == 0
     report = read_report(out)
     kept = report["totals"]["kept_fraction"]
-    assert 0 < kept <= 1
+    only_fine_tuned = recipe.method.is_auto and report["auto"]["parameters"]["mask"] == "none"  # θ_B fine-tuned
+    assert kept == 0 if only_fine_tuned else 0 < kept <= 1
     if recipe.method.is_auto:
         auto = report["auto"]
         assert len(auto["candidates"]) == len(recipe.method.parameters["candidates"])
-        assert auto["alpha"] in recipe.evaluation.alphas and report["method"]["alpha"] == auto["alpha"]
+        assert auto["alpha"] is None if only_fine_tuned else \
+            auto["alpha"] in recipe.evaluation.alphas and report["method"]["alpha"] == auto["alpha"]
         assert report["method"]["name"] == "gradfix"
         assert {k: report["method"][k] for k in auto["parameters"]} == auto["parameters"]
-        if auto["key"] != "naive":
+        assert report["method"].get("few_shot") == auto.get("few_shot")  # a few-shot candidate: its passes and lr
+        if only_fine_tuned:
+            pass
+        elif auto["key"] != "naive":
             assert kept < 1
         else:  # naive keeps all of τ_A (a chat fine-tune leaves its padding row at zero: τ_A = 0 there)
             assert kept == 1 if recipe.objective != "sft" else kept > 0.999

@@ -4,9 +4,10 @@ Why: on a close pair (a new release that is a continued training of the old one)
 transfers well and a vote from a few samples can only lose; on a distant pair the mask is what makes transport
 work. Rather than asking users to know which regime they are in, ``auto`` scores every candidate over the
 α grid on ``evaluation.split`` — from one vote (majority; computed or loaded once) and one delta per candidate,
-no gradient per candidate or α — and writes the best. Naive addition is a candidate, so the result is never
-worse than naive addition *on the validation split*; a test split (``evaluation.test_path``/``test_split``, which
-the run then scores; or ``gradfix sweep``) says how that holds up.
+no gradient per merge candidate or α (a few-shot candidate trains a copy per learning rate) — and writes the
+best. Naive addition is a candidate, so the result is never worse than naive addition *on the validation split*;
+a test split (``evaluation.test_path``/``test_split``, which the run then scores; or ``gradfix sweep``) says how
+that holds up.
 
 Candidates are GradFix parameter sets (a mask name is shorthand for ``{mask: NAME}``); the default is
 naive, gradfix, gradfix with ``no_evidence: keep`` and soft. Ties go to the earlier candidate, then the
