@@ -273,7 +273,7 @@ def one_run(args: argparse.Namespace, pair: dict, data_dir: Path, shots: int, se
     best = choose(result.methods, list(args.candidates))["key"]
     run["validation_chosen_variant"] = {"key": best, "test": run["methods"][best]["test"]}
     if fair:  # what method: auto over every candidate writes (naive, the masks, the fair baselines)
-        chosen = choose(result.methods, recipe["method"]["candidates"])["key"]
+        chosen = choose(result.methods, parsed.method.parameters["candidates"])["key"]
         run["auto_all"] = {"key": chosen, "test": run["methods"][chosen]["test"]}
     few = {f"few-shot-{settings[0][0]}": {"steps": settings[0][0], "lr": settings[0][1],
                                           "validation": result.few_shot["validation"], "test": result.few_shot["test"]}}

@@ -102,10 +102,20 @@ def test_a_permuted_release_aligned_by_weight_matching_scores_as_the_unpermuted_
     naive score exactly (one N and seed; the models are shared through the work folder)."""
     extra = ["--shots", "2", "--seeds", "0"]
     plain = run_script(inputs, tmp_path, "continued", extra, name="plain")
-    permuted = run_script(inputs, tmp_path, "continued", [*extra, "--permute", "0"], name="permuted")
+    permuted = run_script(inputs, tmp_path, "continued", [*extra, "--permute", "0", "--fair"], name="permuted")
     aligned = run_script(inputs, tmp_path, "continued", [*extra, "--permute", "0", "--align", "weight-matching"],
                          name="aligned")
     naive = {name: r["runs"][0]["methods"]["naive"]["test"] for name, r in
              (("plain", plain), ("permuted", permuted), ("aligned", aligned))}
     assert naive["aligned"] == naive["plain"] and naive["permuted"] < naive["plain"]
     assert permuted["reference"]["oracle_finetuned"]["test"] == plain["reference"]["oracle_finetuned"]["test"]
+    # --fair: the fair baselines were candidates, each with its lr, and auto over every candidate has its row
+    run = permuted["runs"][0]
+    for key in ("few-shot", "few-shot-10x", "gradfix+few-shot"):
+        assert run["methods"][key]["best_lr"] in (1e-5, 1e-4, 1e-3)
+    assert run["methods"]["gradfix+few-shot"]["best_alpha"] == run["methods"]["gradfix"]["best_alpha"]
+    assert run["auto_all"]["key"] in run["methods"] and "auto-all" in permuted["summary"]["2"]
+    assert run["auto_all"]["test"] == run["methods"][run["auto_all"]["key"]]["test"]
+    # the drift in θ_B's coordinates: the permutation moves every coordinate; aligned, only the continued training
+    assert permuted["drift"] > aligned["drift"] > 0
+    assert aligned["drift"] == pytest.approx(plain["drift"], rel=1e-6)  # summed in another order
