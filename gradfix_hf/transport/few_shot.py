@@ -150,7 +150,6 @@ def score_few_shot(prepared: PreparedRun, model: torch.nn.Module, label: str, st
     ``best_lr``; the refinement at that lr; grid-edge warnings). Ties go to the smaller lr."""
     grid = [stage.lr] if stage.lr is not None else sorted(lrs)
     scores, best, best_tuned = {}, None, None
-    sign = 1.0
     for lr in grid:
         tuned = finetune_merge(prepared, model, stage, lr)
         scores[lr] = score_model(prepared.objective, tuned, prepared.eval_samples, metrics)
